@@ -1,0 +1,24 @@
+"""Repository-wide pytest configuration (also applies to notebooks collected by nbval)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Never compare these outputs of notebook cells: stderr (progress bars, warnings), widget views
+# (their model ids are random), HTML/JS reprs. Images are never compared by nbval either.
+_SKIP_COMPARE = ("stderr", "application/vnd.jupyter.widget-view+json", "text/html", "application/javascript")
+
+
+def pytest_collectstart(collector):
+    path = getattr(collector, "path", None)
+    if path is not None and Path(path).suffix == ".ipynb":
+        collector.skip_compare += _SKIP_COMPARE
+
+
+def pytest_configure(config):
+    # Tests and notebooks read data from the offline data root when it exists (see README).
+    shared = Path(__file__).resolve().parent.parent / "shared" / "data"
+    if "TITN_EDU_DATA" not in os.environ and shared.is_dir():
+        os.environ["TITN_EDU_DATA"] = str(shared)
+    os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,39 @@
+"""titn_edu — learn, build and train a Transformer-in-Transformer Network with knowledge distillation (TITN).
+
+The public API is listed in ``__all__`` and in the README; coursework imports it, so it is stable.
+"""
+
+from __future__ import annotations
+
+from . import attention
+from .attention import MultiHeadAttention, scaled_dot_product_attention
+from .blocks import TITNBlock, TransformerBlock
+from .capture import AttentionMaps, capture_attention
+from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
+from .layers import DropPath, Mlp
+from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention",
+    "scaled_dot_product_attention",
+    "MultiHeadAttention",
+    "Mlp",
+    "DropPath",
+    "TransformerBlock",
+    "TITNBlock",
+    "PatchEmbed",
+    "PixelEmbed",
+    "PixelToPatch",
+    "patchify",
+    "pixelify",
+    "TITN",
+    "build_model",
+    "list_models",
+    "MODEL_PRESETS",
+    "count_parameters",
+    "capture_attention",
+    "AttentionMaps",
+    "__version__",
+]

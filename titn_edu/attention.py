@@ -1,0 +1,112 @@
+"""Scaled dot-product and multi-head self-attention (paper §3.1.1, eq. 1–3).
+
+Two paths compute the same thing:
+
+* :func:`scaled_dot_product_attention` is eq. 1 written out with an explicit softmax. It is the
+  lesson, and it returns the attention weights so they can be looked at.
+* :class:`MultiHeadAttention` (eq. 2–3) calls PyTorch's fused
+  :func:`torch.nn.functional.scaled_dot_product_attention` by default (fast, memory-light, no
+  weights materialised). It falls back to the explicit path when ``fused`` is off or while
+  :func:`titn_edu.capture_attention` is recording weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = ["scaled_dot_product_attention", "MultiHeadAttention"]
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""Eq. 1: :math:`\mathrm{Attention}(Q, K, V) = \mathrm{softmax}(QK^T / \sqrt{d_k})\,V`.
+
+    Args:
+        q: queries ``(..., L, d_k)``.
+        k: keys ``(..., S, d_k)``.
+        v: values ``(..., S, d_v)``.
+        mask: optional boolean ``(..., L, S)``; ``True`` marks pairs that may attend.
+
+    Returns:
+        ``(output, weights)``: output ``(..., L, d_v)`` and the softmax weights ``(..., L, S)``,
+        whose rows sum to 1.
+    """
+    if q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
+        raise ValueError(
+            f"q, k and v need at least 2 dimensions (..., tokens, features); got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}."
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"queries and keys must share their feature size d_k; got q {tuple(q.shape)} and "
+            f"k {tuple(k.shape)}. Project them to the same size first."
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"keys and values must have the same number of tokens; got k {tuple(k.shape)} and "
+            f"v {tuple(v.shape)}."
+        )
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., L, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+class MultiHeadAttention(nn.Module):
+    r"""Multi-head self-attention, eq. 2–3.
+
+    :math:`\mathrm{MultiHead}(X) = \mathrm{Concat}(\mathrm{head}_1, \dots, \mathrm{head}_h) W^O`
+    with :math:`\mathrm{head}_i = \mathrm{Attention}(X W_i^Q, X W_i^K, X W_i^V)`.
+
+    The per-head projections :math:`W_i^Q, W_i^K, W_i^V` are stored fused as one linear layer
+    ``qkv`` of shape ``(3 * dim, dim)`` (one matrix multiply instead of ``3h``); ``proj`` is
+    :math:`W^O`.
+
+    Args:
+        dim: token size; must be divisible by ``num_heads``.
+        num_heads: number of heads ``h``; each head has ``dim // num_heads`` features.
+        qkv_bias: add a bias to the query/key/value projection (off, as in ViT/TNT).
+
+    Attributes:
+        fused: use :func:`torch.nn.functional.scaled_dot_product_attention` (default). Set it to
+            ``False`` for the explicit eq. 1 path; both give the same result.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = False) -> None:
+        super().__init__()
+        if dim < 1 or num_heads < 1:
+            raise ValueError(f"dim and num_heads must be positive; got dim={dim}, num_heads={num_heads}.")
+        if dim % num_heads != 0:
+            raise ValueError(
+                f"dim={dim} is not divisible by num_heads={num_heads}: each head needs "
+                f"dim / num_heads features. Choose num_heads among the divisors of {dim}."
+            )
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.fused = True
+        # Set by titn_edu.capture_attention: a callable taking the (B, h, T, T) weights.
+        self._recorder = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, T, dim) -> (B, T, dim)``."""
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+        if self.fused and self._recorder is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out, weights = scaled_dot_product_attention(q, k, v)
+            if self._recorder is not None:
+                self._recorder(weights)
+        return self.proj(rearrange(out, "b h t d -> b t (h d)"))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, fused={self.fused}"
