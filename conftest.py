@@ -21,4 +21,3 @@ def pytest_configure(config):
     shared = Path(__file__).resolve().parent.parent / "shared" / "data"
     if "TITN_EDU_DATA" not in os.environ and shared.is_dir():
         os.environ["TITN_EDU_DATA"] = str(shared)
-    os.environ.setdefault("MPLBACKEND", "Agg")
