@@ -12,6 +12,7 @@ from .capture import AttentionMaps, capture_attention
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
 from .layers import DropPath, Mlp
 from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models
+from . import checks, viz
 
 __version__ = "0.1.0"
 
@@ -36,4 +37,6 @@ __all__ = [
     "capture_attention",
     "AttentionMaps",
     "__version__",
+    "viz",
+    "checks",
 ]
