@@ -10,13 +10,13 @@ either exactly (pass the ``mean`` and ``std`` used to normalise them) or min-max
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "to_display",
@@ -27,6 +27,15 @@ __all__ = [
     "attention_on_image",
     "position_similarity",
 ]
+
+
+
+def _pyplot():
+    """pyplot, imported on first use so that ``import titn_edu`` stays light for training scripts."""
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 _SHAPE_HELP = "an image of shape (C, H, W), (H, W, C) or (H, W) with C = 1 or 3 channels"
 
@@ -157,6 +166,7 @@ def image_grid(
         ncols: images per row.
         mean, std: the normalisation to undo (else min-max over the whole batch).
     """
+    plt = _pyplot()
     shown = _to_batch(images, mean, std)
     n = len(shown)
     if labels is not None:
@@ -215,6 +225,7 @@ def patch_grid(
 
     ``highlight`` outlines one patch (by index). With ``ax`` the drawing goes into that axes.
     """
+    plt = _pyplot()
     img = to_display(image, mean=mean, std=std)
     h, w = img.shape[:2]
     _check_split(h, patch_size, "image height", "patch_size")
@@ -239,6 +250,8 @@ def patch_grid(
                         fontsize=size, ha="left", va="top", fontweight="bold")
     if highlight is not None:
         r, c = divmod(highlight, cols)
+        from matplotlib.patches import Rectangle
+
         ax.add_patch(Rectangle((c * patch_size - 0.5, r * patch_size - 0.5), patch_size, patch_size,
                                fill=False, edgecolor="red", lw=2.5))
     ax.set_xticks([])
@@ -259,6 +272,7 @@ def pixel_grid(
 ) -> Figure:
     """Two panels: the image with patch ``patch_index`` outlined, and that patch enlarged with its
     ``m × m`` pixel grid, pixels numbered in the row-major order the inner transformer sees."""
+    plt = _pyplot()
     img = to_display(image, mean=mean, std=std)
     h, w = img.shape[:2]
     _check_split(h, patch_size, "image height", "patch_size")
@@ -311,6 +325,7 @@ def attention_heatmap(
         annotate: write each weight in its cell (for small maps).
         vmax: top of the colour scale (default: the largest weight).
     """
+    plt = _pyplot()
     a = _as_numpy(weights, "weights").astype(np.float32)
     if a.ndim == 2:
         a = a[None]
@@ -366,6 +381,7 @@ def attention_on_image(
             distillation tokens first) or a ``(rows, cols)`` grid.
         smooth: bilinear upsampling instead of one flat block per patch.
     """
+    plt = _pyplot()
     img = to_display(image, mean=mean, std=std)
     att = _as_numpy(attention, "attention").astype(np.float32)
     h, w = img.shape[:2]
@@ -419,6 +435,7 @@ def position_similarity(pos_embed, *, num_prefix: int = 0, num_suffix: int = 0, 
         pos_embed: ``(N, D)`` or ``(1, N, D)`` position embeddings of a square patch grid.
         num_prefix, num_suffix: tokens to drop from the front (class) and back (distillation).
     """
+    plt = _pyplot()
     a = _as_numpy(pos_embed, "pos_embed").astype(np.float32)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
