@@ -20,7 +20,7 @@ def _normalise(spec: str) -> str:
 def test_environment_yml_names_the_same_dependencies_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_normalise(d) for d in project["dependencies"] + project["optional-dependencies"]["dev"]}
-    wanted = {d for d in wanted if "python_version<" not in d}  # back-ports for old Pythons only
+    wanted = {d for d in wanted if "python-version<" not in d}  # back-ports for old Pythons only
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_block = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     listed = {_normalise(d) for d in pip_block if not d.startswith("-e")}
@@ -36,5 +36,5 @@ def test_readme_documents_the_test_command_and_every_public_name():
 
     readme = (ROOT / "README.md").read_text()
     assert "pytest --nbval" in readme
-    undocumented = [n for n in titn_edu.__all__ if not n.startswith("__") and f"`{n}" not in readme]
+    undocumented = [n for n in titn_edu.__all__ if not n.startswith("__") and f"`titn_edu.{n}`" not in readme]
     assert not undocumented, f"public names missing from the README's API table: {undocumented}"
