@@ -162,7 +162,7 @@ def image_grid(
     Args:
         images: ``(B, C, H, W)`` or ``(B, H, W, C)`` tensor/array, or a list of images.
         labels: ``B`` integer labels; shown through ``class_names`` when given.
-        titles: ``B`` strings, shown instead of labels.
+        titles: ``B`` strings, shown instead of the labels' names.
         ncols: images per row.
         mean, std: the normalisation to undo (else min-max over the whole batch).
     """
@@ -177,9 +177,8 @@ def image_grid(
             bad = [v for v in labels if not 0 <= v < len(class_names)]
             if bad:
                 raise ValueError(f"label {bad[0]} has no name: class_names has {len(class_names)} entries.")
-            titles = [str(class_names[v]) for v in labels]
-        elif titles is None:
-            titles = [str(v) for v in labels]
+        if titles is None:
+            titles = [str(class_names[v]) if class_names is not None else str(v) for v in labels]
     if titles is not None and len(titles) != n:
         raise ValueError(f"got {n} images but {len(titles)} titles; pass one title per image.")
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
@@ -346,7 +345,8 @@ def attention_heatmap(
             ax.set_xticks(range(k_len), labels, rotation=90, fontsize=7)
             ax.set_yticks(range(q_len), labels, fontsize=7)
         ax.set_xlabel("key")
-        ax.set_ylabel("query")
+        if i == 0:
+            ax.set_ylabel("query")
         if head_titles is not None:
             ax.set_title(head_titles[i], fontsize=9)
         elif heads > 1:
