@@ -34,6 +34,7 @@ import contextlib
 import os
 import socket
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -223,15 +224,17 @@ class ImageArrayDataset(Dataset):
 
 
 def _load_npz(path: Path) -> tuple[Tensor, Tensor, list[str]]:
+    expected = "'images' (N, H, W, C) uint8, 'labels' (N,) int64 and 'classes' (C,) str"
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = {"images", "labels", "classes"} - set(f.files)
-            if missing:
-                raise ValueError(f"{path} lacks the arrays {sorted(missing)}; expected 'images' (N, H, W, C) uint8, "
-                                 "'labels' (N,) int64 and 'classes' (C,) str.")
-            images, labels, classes = f["images"], f["labels"], f["classes"]
-    except (OSError, EOFError) as err:  # truncated or not an npz at all
-        raise ValueError(f"Could not read {path} as an npz file ({err}); re-create it with export_dataset.") from err
+            arrays = {k: f[k] for k in ("images", "labels", "classes") if k in f.files}
+    except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile) as err:  # truncated, .npy, pickle
+        raise ValueError(f"Could not read {path} as an npz file holding {expected} ({err}); re-create it with "
+                         "export_dataset.") from err
+    missing = {"images", "labels", "classes"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {sorted(missing)}; expected {expected}.")
+    images, labels, classes = arrays["images"], arrays["labels"], arrays["classes"]
     if images.ndim == 3:  # (N, H, W) greyscale
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -240,7 +243,7 @@ def _load_npz(path: Path) -> tuple[Tensor, Tensor, list[str]]:
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != images.shape[:1]:
         raise ValueError(f"{path}: 'labels' must be integers of shape ({images.shape[0]},); got {labels.dtype} "
                          f"{labels.shape}.")
-    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     return nchw, torch.from_numpy(labels.astype(np.int64)), [str(c) for c in classes]
 
 
@@ -249,7 +252,7 @@ def _from_torchvision(ds: Any) -> tuple[Tensor, Tensor, list[str]]:
     if isinstance(data, Tensor):  # MNIST: uint8 (N, 28, 28)
         images = data.unsqueeze(1).contiguous()
     else:  # CIFAR: numpy uint8 (N, 32, 32, 3)
-        images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
+        images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
     return images, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes)
 
 

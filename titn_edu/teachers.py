@@ -35,10 +35,27 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+# VGG16 (configuration "D" of Simonyan & Zisserman): output channels of each 3×3 conv, "M" = 2×2 max-pool.
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def _vgg_features(layout: tuple, in_chans: int) -> nn.Sequential:
+    """Conv(3×3)-BN-ReLU layers and max-pools, laid out (and indexed) as ``torchvision.models.vgg16_bn().features``."""
+    layers: list[nn.Module] = []
+    for v in layout:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_chans, v, kernel_size=3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            in_chans = v
+    return nn.Sequential(*layers)
+
+
 class VGGTeacher(nn.Module):
     """VGG16-BN for 32×32 images: torchvision's ``vgg16_bn`` feature stack and a small classifier.
 
-    The 13 conv-BN-ReLU layers and 5 max-pools of ``torchvision.models.vgg16_bn`` turn a 32×32 image
+    The 13 conv-BN-ReLU layers and 5 max-pools of ``torchvision.models.vgg16_bn`` (same modules, same
+    indices, so its ``features`` weights load as they are) turn a 32×32 image
     into a 1×1×512 map. torchvision's classifier expects 7×7×512 (224-pixel inputs) and holds 120 M
     parameters in three fully connected layers; on 1×1 maps it would only see 49 copies of the same
     512 numbers, so it is replaced by ``512 → hidden_dim → num_classes`` with dropout, the usual
@@ -57,9 +74,7 @@ class VGGTeacher(nn.Module):
         _positive_int("hidden_dim", hidden_dim)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1); got {dropout!r}.")
-        self.features = torchvision.models.vgg16_bn(weights=None).features  # conv init: Kaiming (fan_out)
-        if in_chans != 3:
-            _replace_first_conv(self.features, in_chans)
+        self.features = _vgg_features(VGG16_LAYOUT, in_chans)
         self.pool = nn.AdaptiveAvgPool2d(1)  # 1×1 for 32×32 inputs; also accepts larger images
         self.head = nn.Sequential(
             nn.Flatten(),
@@ -68,8 +83,11 @@ class VGGTeacher(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, num_classes),
         )
-        for m in self.head.modules():
-            if isinstance(m, nn.Linear):  # as torchvision's VGG
+        for m in self.modules():  # as torchvision's VGG
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
