@@ -113,6 +113,9 @@ def test_default_root_is_used_by_get_dataset(monkeypatch, tmp_path):
     monkeypatch.setenv("TITN_EDU_DATA", str(fake_root(tmp_path)))
     ds = data.get_dataset("cifar10", train=True, download=False, transform="raw")
     assert len(ds) == 30 and ds.classes[0] == "class0"
+    with pytest.raises(FileNotFoundError, match="data root from TITN_EDU_DATA") as info:
+        data.get_dataset("cifar10", train=False, download=False)
+    assert str(tmp_path / "cifar10-npz" / "cifar10_test.npz") in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,6 +132,7 @@ def test_cifar100_train_missing_names_everything_searched():
     assert "cifar100" in msg and "train" in msg
     assert str(ROOT / "cifar100-npz" / "cifar100_train.npz") in msg and str(ROOT / "cifar-100-python") in msg
     assert "TITN_EDU_DATA" in msg and "titn-edu data export cifar100 --out DIR" in msg
+    assert "data root from the root argument" in msg
 
 
 @pytest.mark.parametrize("name", data.DATASETS)

@@ -43,6 +43,8 @@ def test_teacher_kwargs_are_passed_and_checked():
     assert build_teacher("vgg16_bn", num_classes=10, hidden_dim=256).head[1].out_features == 256
     with pytest.raises(TypeError, match="cnn-small"):
         build_teacher("cnn-small", num_classes=10, depth=3)
+    with pytest.raises(TypeError, match="resnet18"):
+        build_teacher("resnet18", num_classes=10, width=3)
     with pytest.raises(ValueError, match="width"):
         build_teacher("cnn-small", num_classes=10, width=0)
     with pytest.raises(ValueError, match="num_classes"):

@@ -268,10 +268,18 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
-def _not_found(name: str, split: str, searched: list[str], reason: str) -> FileNotFoundError:
+def _root_origin(root: str | os.PathLike | None) -> str:
+    if root is not None:
+        return "the root argument"
+    if os.environ.get("TITN_EDU_DATA"):
+        return "TITN_EDU_DATA"
+    return "the per-user cache; TITN_EDU_DATA is not set"
+
+
+def _not_found(name: str, split: str, searched: list[str], reason: str, origin: str) -> FileNotFoundError:
     lines = "\n".join(f"  - {s}" for s in searched)
     return FileNotFoundError(
-        f"The {split} split of {name} was not found ({reason}). Searched:\n{lines}\n"
+        f"The {split} split of {name} was not found ({reason}; data root from {origin}). Searched:\n{lines}\n"
         "To fix it, do one of:\n"
         f"  * set TITN_EDU_DATA (or pass root=) to a folder holding {name}-npz/{name}_{split}.npz or "
         "torchvision's files;\n"
@@ -281,7 +289,9 @@ def _not_found(name: str, split: str, searched: list[str], reason: str) -> FileN
     )
 
 
-def _load_arrays(name: str, split: str, root: Path, download: bool | None) -> tuple[Tensor, Tensor, list[str]]:
+def _load_arrays(name: str, split: str, root: str | os.PathLike | None,
+                 download: bool | None) -> tuple[Tensor, Tensor, list[str]]:
+    origin, root = _root_origin(root), data_root(root)
     npz = npz_path(root, name, split)
     if npz.is_file():
         return _load_npz(npz)
@@ -292,13 +302,13 @@ def _load_arrays(name: str, split: str, root: Path, download: bool | None) -> tu
     except RuntimeError:  # torchvision: "Dataset not found or corrupted."
         pass
     if download is False:
-        raise _not_found(name, split, searched, "download=False")
+        raise _not_found(name, split, searched, "download=False", origin)
     try:
         with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
             ds = cls(root=str(root), train=split == "train", download=True)
     except (OSError, RuntimeError, ValueError) as err:  # URLError, timeouts, HTTP errors, read-only root, bad md5
         searched.append(f"download into {root} failed: {type(err).__name__}: {err}")
-        raise _not_found(name, split, searched, "the download failed") from err
+        raise _not_found(name, split, searched, "the download failed", origin) from err
     return _from_torchvision(ds)
 
 
@@ -366,7 +376,7 @@ def get_dataset(
     elif not callable(transform):
         raise TypeError(f"transform must be None, 'raw' or a callable; got {type(transform).__name__}.")
 
-    images, labels, classes = _load_arrays(name, split, data_root(root), download)
+    images, labels, classes = _load_arrays(name, split, root, download)
     if images.shape[1] != IN_CHANS[name] or len(classes) != NUM_CLASSES[name]:
         raise ValueError(f"The {split} data found for {name} has {images.shape[1]} channels and {len(classes)} classes; "
                          f"expected {IN_CHANS[name]} and {NUM_CLASSES[name]}. Check the files under {data_root(root)}.")

@@ -107,8 +107,11 @@ class SmallCNN(nn.Module):
     """A small, fast CNN teacher for CPU runs: three conv-BN-ReLU-max-pool stages, then a linear head.
 
     Stages on a 32×32 input, ``width`` = w: conv w @32² → pool → conv 2w @16² → pool → conv 4w @8² →
-    pool → global average pool → linear. The default w = 16 has 24 k parameters (MNIST) and trains at
-    about 1,000 images/s on one CPU core; see benchmarks/bench_teacher.py for its MNIST accuracy.
+    pool → 4×4×4w map → flatten → linear (keeping the 4×4 layout learns digits faster than global
+    pooling). The default w = 16 has 33,658 parameters for MNIST. Trained on MNIST with
+    ``python benchmarks/bench_teacher.py --no-augment --threads 1 --workers 0`` (SGD, one-cycle, batch
+    128) it reached 98.94 % test accuracy after one epoch and, with ``--epochs 2``, 99.21 % after two
+    (88 s of CPU time on one core; the wall-clock time depends on the machine's load).
     """
 
     def __init__(self, *, num_classes: int, in_chans: int = 3, width: int = 16, dropout: float = 0.0) -> None:
@@ -210,7 +213,10 @@ def build_teacher(name: str, *, num_classes: int, in_chans: int = 3, **kwargs: A
         kwargs.setdefault("init_weights", True)
     if in_chans != 3 and kwargs.get("transform_input"):
         raise ValueError(f"{tv_name} with transform_input=True expects 3 channels; use in_chans=3.")
-    model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+    try:
+        model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+    except TypeError as err:  # unexpected keyword
+        raise TypeError(f"build_teacher({name!r}): {err}") from None
     if in_chans != 3:
         _replace_first_conv(model, in_chans)
     return model
