@@ -137,9 +137,10 @@ def npz_path(root: str | os.PathLike, name: str, split: str) -> Path:
 def _one_thread():
     """Run per-image transforms on one intra-op thread.
 
-    A 32×32 image is far too small to split across threads: with two threads on a busy machine,
-    AutoAugment took ~10 ms per CIFAR image instead of ~0.4 ms (benchmarks/bench_data.py).
-    DataLoader workers already run on one thread; this makes ``num_workers=0`` as fast.
+    A 32×32 image is far too small to split across threads. On a 2-core machine busy with other
+    processes, ``python benchmarks/bench_data.py`` timed the CIFAR-10 training transform at 10–19 ms
+    per image with two threads against 0.35–1.4 ms with one. DataLoader workers already run on one
+    thread; this gives ``num_workers=0`` the same speed.
     """
     threads = torch.get_num_threads()
     if threads == 1:
