@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 from pathlib import Path
@@ -158,6 +159,20 @@ def test_network_failure_during_download_becomes_file_not_found(tmp_path, monkey
     assert calls == [False, True]
     assert "Name or service not known" in str(info.value) and "titn-edu data export" in str(info.value)
     assert isinstance(info.value.__cause__, urllib.error.URLError)
+
+
+@pytest.mark.parametrize("error", [TimeoutError("timed out"), http.client.IncompleteRead(b"partial"),
+                                   PermissionError("read-only file system")])
+def test_other_download_failures_become_file_not_found(tmp_path, monkeypatch, error):
+    class Broken:
+        def __init__(self, root, train, download):
+            if download:
+                raise error
+            raise RuntimeError("Dataset not found.")
+
+    monkeypatch.setitem(data._TORCHVISION, "mnist", (Broken, "MNIST/raw"))
+    with pytest.raises(FileNotFoundError, match="download failed"):
+        data.get_dataset("mnist", train=False, root=tmp_path, download=True)
 
 
 def test_found_data_is_never_downloaded(tmp_path, monkeypatch):

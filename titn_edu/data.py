@@ -31,6 +31,7 @@ Quick tour::
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import tempfile
@@ -307,7 +308,8 @@ def _load_arrays(name: str, split: str, root: str | os.PathLike | None,
     try:
         with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
             ds = cls(root=str(root), train=split == "train", download=True)
-    except (OSError, RuntimeError, ValueError) as err:  # URLError, timeouts, HTTP errors, read-only root, bad md5
+    except (OSError, EOFError, http.client.HTTPException, RuntimeError, ValueError) as err:
+        # URLError, timeouts, broken connections, read-only root, truncated archive, bad md5
         searched.append(f"download into {root} failed: {type(err).__name__}: {err}")
         raise _not_found(name, split, searched, "the download failed", origin) from err
     return _from_torchvision(ds)
