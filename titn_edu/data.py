@@ -58,6 +58,7 @@ __all__ = [
     "ImageArrayDataset",
     "BatchMixer",
     "data_root",
+    "npz_path",
     "get_dataset",
     "get_transforms",
     "batch_mixer",
