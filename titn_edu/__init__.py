@@ -15,11 +15,13 @@ from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_mode
 from . import data, teachers
 from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
 from .teachers import build_teacher, freeze, list_teachers
+from . import results
 from . import checks, viz
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "results",
     "attention",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
