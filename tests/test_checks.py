@@ -407,3 +407,38 @@ def test_block_parameters(capsys):
     msg = fails(checks.block_parameters, lambda **kw: ok(**kw) - kw["outer_dim"], "you counted", "inner", "patch_residual")
     assert "case 1 of 4" in msg
     fails(checks.block_parameters, lambda **kw: "many", "expected an int")
+
+
+# ---------------------------------------------------------------------- preprocessing
+def _preprocess_ok(name):
+    mean = torch.tensor(titn_edu.data.MEAN[name])[:, None, None]
+    std = torch.tensor(titn_edu.data.STD[name])[:, None, None]
+    pad = 2 if name == "mnist" else 0
+
+    def fn(image):
+        x = F.pad(image, (pad, pad, pad, pad)).float() / 255
+        return (x - mean) / std
+
+    return fn
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
+def test_preprocess_correct(name, capsys):
+    checks.preprocess(_preprocess_ok(name), name)
+    checks.preprocess(titn_edu.get_transforms(name, train=False), name)
+    assert capsys.readouterr().out.count(f"✓ preprocess[{name}] passed: 5/5") == 2
+
+
+def test_preprocess_mistakes():
+    mean, std = titn_edu.data.MEAN["mnist"][0], titn_edu.data.STD["mnist"][0]
+    fails(lambda f: checks.preprocess(f, "mnist"), lambda im: (im.float() / 255 - mean) / std, "shape (1, 28, 28)", "pad them")
+    fails(lambda f: checks.preprocess(f, "mnist"), lambda im: F.pad((im.float() / 255 - mean) / std, (2, 2, 2, 2)),
+          "pad before normalising")
+    fails(lambda f: checks.preprocess(f, "mnist"), lambda im: (F.pad(im, (2, 2, 2, 2)).float() - mean) / std, "divide by 255")
+    cifar_ok = _preprocess_ok("cifar10")
+    # CIFAR-10's statistics are close to, but not, CIFAR-100's: caught on the first image.
+    fails(lambda f: checks.preprocess(f, "cifar100"), cifar_ok, "preprocess[cifar100] check failed on case 1 of 5",
+          "max abs error")
+    fails(lambda f: checks.preprocess(f, "cifar10"), lambda im: im.float() / 255, "normalise with the dataset's mean and std")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        checks.preprocess(cifar_ok, "imagenet")
