@@ -66,6 +66,8 @@ def test_image_grid_titles_and_layout():
     fig = viz.image_grid(torch.rand(4, 1, 28, 28), [1, 2, 3, 4])
     assert fig.axes[0].get_title() == "1"
     viz.image_grid([torch.rand(3, 8, 8), torch.rand(3, 16, 16)])
+    fig = viz.image_grid(images[:2], [0, 1], class_names=["cat", "dog", "ship"], titles=["first", "second"])
+    assert [ax.get_title() for ax in fig.axes] == ["first", "second"]  # titles win over class names
 
 
 def test_image_grid_errors():
