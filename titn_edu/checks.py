@@ -63,7 +63,7 @@ __all__ = [
 _ATOL, _RTOL = 1e-5, 1e-4  # float32 agreement expected from a correct implementation
 
 
-# ------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------- internals
 def _fail(check: str, case: int, total: int, desc: str, message: str, hint: str | None = None) -> NoReturn:
     text = f"{check} check failed on case {case + 1} of {total} ({desc}): {message}"
     if hint:
