@@ -42,11 +42,14 @@ def test_attention_accepts_correct_and_library(capsys):
     assert "6/6 cases" in out
 
 
-def test_attention_does_not_touch_global_rng():
+@pytest.mark.parametrize("run", [lambda: checks.attention(attention_ok),
+                                 lambda: checks.multi_head_attention(titn_edu.MultiHeadAttention),
+                                 lambda: checks.inner_outer_block(titn_edu.TITNBlock)])
+def test_checkers_do_not_touch_global_rng(run):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    checks.attention(attention_ok)
+    run()
     assert torch.equal(torch.rand(3), expected)
 
 

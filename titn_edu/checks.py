@@ -24,12 +24,13 @@ the same way every time:
    biases included, so forgetting one is caught), copies them into the student's module with
    ``load_state_dict(strict=True)``, puts both in ``eval()`` mode and compares the outputs.
 
-Inputs and weights come from private random generators: calling a checker does not change the
-global random state of the notebook.
+Inputs and weights come from private random generators, and the global random state is restored
+afterwards: calling a checker does not change what the rest of a notebook computes.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, Callable, NoReturn, Sequence
@@ -184,6 +185,17 @@ def _copy_weights(check: str, student: nn.Module, ref: nn.Module, reference: str
     student.eval()
 
 
+def _keeps_global_rng(checker: Callable) -> Callable:
+    """Run a checker with the global CPU random state saved and restored (building modules draws from it)."""
+
+    @functools.wraps(checker)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return checker(*args, **kwargs)
+
+    return wrapper
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -192,6 +204,7 @@ def _gen(seed: int) -> torch.Generator:
 _RAW_SHAPE = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 
 
+@_keeps_global_rng
 def preprocess(student_fn: Callable, dataset: str) -> None:
     """Check a test-time preprocessing against ``titn_edu.get_transforms(dataset, train=False)``.
 
@@ -278,6 +291,7 @@ def _attention_hint(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, weight
     return None
 
 
+@_keeps_global_rng
 def attention(student_fn: Callable, *, mask: bool = False) -> None:
     """Check eq. 1 against :func:`titn_edu.attention.scaled_dot_product_attention`.
 
@@ -338,6 +352,7 @@ def _mha_variant(ref: MultiHeadAttention, x: Tensor, *, split: str, merge: str, 
     return ref.proj(rearrange(weights @ v, f"b h t d -> b t {merge}"))
 
 
+@_keeps_global_rng
 def multi_head_attention(StudentClass: type) -> None:
     """Check eq. 2–3 against :class:`titn_edu.MultiHeadAttention`.
 
@@ -389,6 +404,7 @@ def multi_head_attention(StudentClass: type) -> None:
 
 
 # ------------------------------------------------------------ layer norm, MLP, block
+@_keeps_global_rng
 def layer_norm(student_fn: Callable) -> None:
     """Check eq. 6 against :func:`torch.nn.functional.layer_norm` (what ``torch.nn.LayerNorm`` computes).
 
@@ -435,6 +451,7 @@ def layer_norm(student_fn: Callable) -> None:
     _passed(check, total, reference)
 
 
+@_keeps_global_rng
 def mlp(StudentClass: type) -> None:
     """Check eq. 4–5 against :class:`titn_edu.Mlp`.
 
@@ -470,6 +487,7 @@ def mlp(StudentClass: type) -> None:
     _passed(check, total, reference)
 
 
+@_keeps_global_rng
 def transformer_block(StudentClass: type) -> None:
     """Check the pre-norm block against :class:`titn_edu.TransformerBlock`.
 
@@ -525,6 +543,7 @@ def _image_cases(seed0: int, shapes: Sequence[tuple]) -> list[Tensor]:
     return [torch.randn(shape, generator=_gen(seed0 + i)) for i, shape in enumerate(shapes)]
 
 
+@_keeps_global_rng
 def patchify(student_fn: Callable) -> None:
     """Check :func:`titn_edu.patchify`: ``student_fn(images, patch_size)``, ``(B, C, H, W) -> (B, N, p·p·C)``.
 
@@ -552,6 +571,7 @@ def patchify(student_fn: Callable) -> None:
     _passed(check, total, reference)
 
 
+@_keeps_global_rng
 def pixelify(student_fn: Callable) -> None:
     """Check :func:`titn_edu.pixelify`: ``student_fn(images, patch_size, pixel_size)``,
     ``(B, C, H, W) -> (B, N, P, m·m·C)``: patches and the pixels inside each patch in row-major
@@ -585,6 +605,7 @@ def pixelify(student_fn: Callable) -> None:
 
 
 # --------------------------------------------------------------------- TITN block
+@_keeps_global_rng
 def inner_outer_block(StudentBlock: type) -> None:
     """Check one TITN block (Fig. 1) against :class:`titn_edu.TITNBlock`.
 
@@ -656,6 +677,7 @@ def inner_outer_block(StudentBlock: type) -> None:
 
 
 # --------------------------------------------------------------- tokens, counting
+@_keeps_global_rng
 def embed_tokens(student_fn: Callable) -> None:
     """Check the outer token sequence against :meth:`titn_edu.TITN.embed`.
 
@@ -697,6 +719,7 @@ def embed_tokens(student_fn: Callable) -> None:
     _passed(check, total, reference)
 
 
+@_keeps_global_rng
 def block_parameters(student_fn: Callable) -> None:
     """Check a parameter-count formula for one TITN block against ``count_parameters(TITNBlock(...))``.
 
