@@ -1,0 +1,99 @@
+"""Session fixtures for the browser tests: one JupyterLab server and one headless Chromium.
+
+Environment:
+  CI                             set (true/1/yes): a missing Chromium or Playwright fails the tests
+                                 instead of skipping them.
+  TITN_EDU_CHROMIUM              the Chromium executable (default: `chromium` on PATH).
+  TITN_EDU_BROWSER_SCREENSHOTS   where the screenshots go (default: tests/browser/screenshots).
+  TITN_EDU_BROWSER_TIMEOUT       seconds allowed to run all cells of one notebook (default 240).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from labdriver import LabDriver, LabServer, find_chromium, in_ci, launch_chromium, new_workdir
+
+# The fixture notebooks are inputs of the harness tests, not course notebooks for nbval.
+collect_ignore_glob = ["fixtures/*"]
+
+REPORTS = pytest.StashKey[LabDriver]()
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def _unavailable(reason: str):
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, so the browser tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = find_chromium()
+    if path is None:
+        _unavailable(
+            "no system Chromium: install it (Debian: apt-get install -y chromium) or set TITN_EDU_CHROMIUM"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir() -> Path:
+    return Path(os.environ.get("TITN_EDU_BROWSER_SCREENSHOTS", HERE / "screenshots")).resolve()
+
+
+@pytest.fixture(scope="session")
+def lab(chromium_path, screenshot_dir, request):
+    """A `LabDriver`: JupyterLab serving this repository, driven by headless Chromium."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the Python package `playwright` is not installed (pip install -e '.[dev]')")
+    if importlib.util.find_spec("jupyterlab") is None:
+        _unavailable("JupyterLab is not installed (pip install -e '.[dev]')")
+
+    workdir = new_workdir()
+    server = LabServer(REPO, workdir)
+    playwright = context = driver = None
+    try:
+        server.start()
+        playwright = sync_playwright().start()
+        context = launch_chromium(playwright, chromium_path, workdir / "chromium-profile")
+        timeout = float(os.environ.get("TITN_EDU_BROWSER_TIMEOUT", "240"))
+        driver = LabDriver(server, context, screenshot_dir, run_timeout=timeout)
+        request.config.stash[REPORTS] = driver
+        yield driver
+    finally:
+        # Browser first (it holds kernel connections), then the server and its kernels.
+        for close in (
+            lambda: driver and driver.close(),
+            lambda: context and context.close(),
+            lambda: playwright and playwright.stop(),
+            server.stop,
+        ):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - keep tearing down
+                pass
+        if not os.environ.get("TITN_EDU_BROWSER_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    driver = config.stash.get(REPORTS, None)
+    if driver is None or not driver.reports:
+        return
+    terminalreporter.section("notebooks in JupyterLab (headless Chromium)")
+    for r in driver.reports:
+        status = "ok" if not r.problems else f"{len(r.problems)} problem(s)"
+        moved = sum(len(e.moved) for e in r.explorers)
+        terminalreporter.write_line(
+            f"{r.path:55s} {r.seconds:6.1f} s (run {r.run_seconds:5.1f} s)  "
+            f"explorers {len(r.explorers)}, controls moved {moved}  {status}  -> {r.screenshot}"
+        )
