@@ -4,7 +4,8 @@ Environment:
   CI                             set (true/1/yes): a missing Chromium or Playwright fails the tests
                                  instead of skipping them.
   TITN_EDU_CHROMIUM              the Chromium executable (default: `chromium` on PATH).
-  TITN_EDU_BROWSER_SCREENSHOTS   where the screenshots go (default: tests/browser/screenshots).
+  TITN_EDU_BROWSER_SCREENSHOTS   where the screenshots and the JupyterLab server log go
+                                 (default: tests/browser/screenshots, not committed).
   TITN_EDU_BROWSER_TIMEOUT       seconds allowed to run all cells of one notebook (default 240).
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,8 +61,12 @@ def lab(chromium_path, screenshot_dir, request):
     if importlib.util.find_spec("jupyterlab") is None:
         _unavailable("JupyterLab is not installed (pip install -e '.[dev]')")
 
+    # A CI runner stops a job with SIGTERM: turn it into KeyboardInterrupt so the teardown below runs.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     workdir = new_workdir()
-    server = LabServer(REPO, workdir)
+    server = LabServer(REPO, workdir, log_path=screenshot_dir / "jupyter-lab.log")
     playwright = context = driver = None
     try:
         server.start()
@@ -81,8 +88,13 @@ def lab(chromium_path, screenshot_dir, request):
                 close()
             except Exception:  # noqa: BLE001 - keep tearing down
                 pass
-        if not os.environ.get("TITN_EDU_BROWSER_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if signal.getsignal(signal.SIGTERM) is _interrupt:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -90,8 +102,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if driver is None or not driver.reports:
         return
     terminalreporter.section("notebooks in JupyterLab (headless Chromium)")
+    terminalreporter.write_line(f"screenshots and the JupyterLab log: {driver.screenshot_dir}")
     for r in driver.reports:
-        status = "ok" if not r.problems else f"{len(r.problems)} problem(s)"
+        status = "interrupted" if not r.complete else "ok" if not r.problems else f"{len(r.problems)} problem(s)"
         moved = sum(len(e.moved) for e in r.explorers)
         terminalreporter.write_line(
             f"{r.path:55s} {r.seconds:6.1f} s (run {r.run_seconds:5.1f} s)  "

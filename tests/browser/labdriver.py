@@ -1,32 +1,34 @@
 """Drive the course notebooks in a real JupyterLab, the way a student uses them.
 
 `LabServer` starts `jupyter lab` on 127.0.0.1 with a random port and token and throw-away
-config, runtime, settings and workspace folders, so it never reads or writes the user's
-~/.jupyter. Its contents manager refuses every save: the committed, executed notebooks
-cannot be modified by a test run, whatever the page does.
+config, data, runtime, settings and workspace folders, so it never reads or writes the
+user's ~/.jupyter. Its contents manager refuses every save: a test run cannot modify the
+committed, executed notebooks, whatever the page does.
 
-`LabDriver` opens one notebook per browser page, clears its outputs, runs all cells, waits
-until the kernel is idle and the run is over, and reads back what the page shows:
+`LabDriver` loads JupyterLab once in headless Chromium and, for each notebook, opens it (as
+the file browser does), clears its outputs, runs all cells, waits until the run is over and
+the kernel idle, and reads back what the page shows:
 
-* error outputs. JupyterLab 4 renders an `error` output with the same renderer as a stderr
-  stream: both are `.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]`.
-  The DOM alone cannot tell a traceback from a progress bar, so the probe below takes the
-  output's type from the cell's output model (`outputs.get(j).type === "error"`) and the text
-  the student sees from the DOM node of the same output (`outputArea.widgets[j]`). Output
-  areas nested inside widgets (an `interactive`'s Output) are reached by walking the Lumino
-  widget tree. Errors the kernel sent on iopub that no output area shows (they land in the
-  Log Console) are counted too.
-* widgets: every output that carries a widget view must render as `.jupyter-widgets`.
-* explorers: a code cell whose output is an `ipywidgets.interactive` (class `widget-interact`)
-  or that is marked by a `# EXPLORER` comment line or an `explorer` cell tag. Each of its
-  controls (slider, dropdown, toggle buttons, radio buttons, checkbox) is moved to a
-  non-default value through the page (keyboard on the slider handle, a real selection or
-  click), and the explorer's output (images, nested outputs, labels) must change without
-  an error.
+* Error outputs. JupyterLab 4.6 renders an `error` output with the stderr renderer: a
+  traceback and a progress bar are both `.jp-OutputArea-output[data-mime-type=
+  "application/vnd.jupyter.stderr"]`, with no class of their own. So the probe takes the
+  output's type from the cell's output model (`outputs.get(j).type === "error"`) and what the
+  student sees from the DOM node of that same output (`outputArea.widgets[j].node`). Output
+  areas inside widgets (an explorer's Output) are reached through the Lumino widget tree.
+  Errors the kernel sent on iopub that no output shows (JupyterLab puts them in the Log
+  Console) are reported too. A cell tagged `raises-exception` may show an error, as in nbval.
+* Cells that were not run, and widget views that did not render (`.jupyter-widgets` inside
+  the output node; "Error displaying widget" and error views do not count).
+* Explorers: a cell whose output is an `ipywidgets.interactive` (`.widget-interact`), or
+  holds controls beside an Output widget (`.widget-output`, as `interactive_output` builds),
+  or is marked by a `# EXPLORER` comment line or an `explorer` cell tag. Each control
+  (slider, dropdown, toggle buttons, radio buttons, checkbox) is moved to a non-default
+  value through the page (arrow key on the slider handle, a real selection or click), and
+  the explorer's images, nested outputs and labels must change, with no error.
 
 The probe needs `window.jupyterapp`, which the server exposes with
-`--LabApp.expose_app_in_browser=True`; it is only used to find the notebook's models and to
-run the same commands as the Run menu ("Clear Outputs of All Cells", "Run All Cells").
+`--LabApp.expose_app_in_browser=True`; it finds the notebook's models and runs the commands
+of the Edit and Run menus ("Clear Outputs of All Cells", "Run All Cells").
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ CHROMIUM_ARGS = (
     "--disable-sync",
     "--no-first-run",
     "--disable-quic",
+    "--disable-crash-reporter",
 )
 
 # JupyterLab user settings for the test server: render every cell (no virtual scrolling, so the
@@ -80,11 +83,25 @@ def refuse_every_save(model, path, contents_manager, **kwargs):
 c.FileContentsManager.pre_save_hook = refuse_every_save
 '''
 
+# The nbval cell tag for "this cell shows an error on purpose".
+RAISES_EXCEPTION = "raises-exception"
+
 SLIDER = "slider"
 DROPDOWN = "dropdown"
 TOGGLE_BUTTONS = "toggle buttons"
 RADIO_BUTTONS = "radio buttons"
 CHECKBOX = "checkbox"
+
+# How the page shows each control's value (evaluated on the control's element).
+CONTROL_VALUE_JS = {
+    SLIDER: "n => { const box = n.closest('.widget-slider'); const r = box && box.querySelector('.widget-readout');"
+            " return r ? r.textContent.trim() : String(n.getAttribute('aria-valuenow')); }",
+    DROPDOWN: "s => s.selectedIndex >= 0 ? s.options[s.selectedIndex].text : ''",
+    TOGGLE_BUTTONS: "g => { const b = g.querySelector('button.mod-active'); return b ? b.textContent.trim() : ''; }",
+    RADIO_BUTTONS: "g => { const i = g.querySelector('input:checked');"
+                   " return i ? i.parentElement.textContent.trim() : ''; }",
+    CHECKBOX: "c => String(c.checked)",
+}
 
 # fmt: off
 PROBE_JS = r"""
@@ -168,7 +185,8 @@ PROBE_JS = r"""
   // A widget view renders into the output node: a child `.jupyter-widgets` element. On failure the
   // node itself gets the class, with the text "Error displaying widget..." (or an error view).
   const rendered = (node) => !!node && !!node.querySelector('.jupyter-widgets')
-    && !node.querySelector('.jupyter-widgets-error-widget') && !/^(Error displaying widget|Loading widget)/.test(textOf(node));
+    && !node.querySelector('.jupyter-widgets-error-widget')
+    && !/^(Error displaying widget|Loading widget)/.test(textOf(node));
 
   // Widget views still waiting for their model ("Loading widget..."), across the notebook.
   probe.widgetsLoading = (path) => {
@@ -197,7 +215,7 @@ PROBE_JS = r"""
       const model = cell.model;
       const source = model.sharedModel.getSource();
       const tags = (model.getMetadata && model.getMetadata('tags')) || [];
-      const info = {index, type: model.type, source: source.slice(0, 2000), tags,
+      const info = {index, type: model.type, source: source.slice(0, 2000), tags, outputWidget: false,
                     count: model.type === 'code' ? (model.executionCount ?? null) : null,
                     outputs: [], errors: [], nestedErrors: [], interact: false, controls: 0};
       if (model.type !== 'code') return info;
@@ -213,7 +231,9 @@ PROBE_JS = r"""
       info.errors = errorsIn(cell.outputArea);
       for (const area of nestedAreas(cell)) info.nestedErrors.push(...errorsIn(area));
       const out = cell.outputArea.node;
+      // an ipywidgets.interactive, or controls next to an Output widget (interactive_output, hand-built)
       info.interact = !!out.querySelector('.widget-interact');
+      info.outputWidget = !!out.querySelector('.widget-output');
       info.controls = out.querySelectorAll(
         '.widget-slider .noUi-handle, .widget-dropdown select, .widget-toggle-buttons, '
         + '.widget-radio-box, .widget-checkbox input').length;
@@ -316,14 +336,14 @@ class LabServer:
     import this checkout of the package.
     """
 
-    def __init__(self, root: Path, workdir: Path, *, python: str = sys.executable):
+    def __init__(self, root: Path, workdir: Path, *, log_path: Path | None = None, python: str = sys.executable):
         self.root = Path(root).resolve()
         self.workdir = Path(workdir)
         self.python = python
         self.token = secrets.token_urlsafe(32)
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
-        self.log_path = self.workdir / "jupyter-lab.log"
+        self.log_path = Path(log_path) if log_path else self.workdir / "jupyter-lab.log"
         self._descendants: set = set()
 
     @property
@@ -335,7 +355,8 @@ class LabServer:
         return f"{self.base_url}/{path.lstrip('/')}{sep}token={self.token}"
 
     def _environment(self) -> dict:
-        dirs = {name: self.workdir / name for name in ("config", "data", "runtime", "settings", "workspaces", "ipython")}
+        names = ("config", "data", "runtime", "settings", "workspaces", "ipython")
+        dirs = {name: self.workdir / name for name in names}
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         for plugin, values in LAB_SETTINGS.items():
@@ -361,6 +382,8 @@ class LabServer:
 
     def start(self, timeout: float = 90.0) -> LabServer:
         env = self._environment()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_bytes(b"")
         last_error = "no attempt"
         for _attempt in range(3):  # the free port can be taken between probing and binding
             self.port = _free_port()
@@ -457,6 +480,7 @@ class NotebookReport:
     explorers: list[ExplorerReport] = field(default_factory=list)
     stderr_outputs: int = 0
     reported_kernel_errors: set = field(default_factory=set)  # (ename, evalue) already in `problems`
+    complete: bool = False  # False if the run was interrupted (e.g. Ctrl-C) before the checks ended
     screenshot: Path | None = None
 
     def describe(self) -> str:
@@ -472,6 +496,14 @@ def _first_line(source: str) -> str:
         if line.strip():
             return line.strip()[:80]
     return ""
+
+
+def is_explorer(cell: dict) -> bool:
+    """An explorer: an `ipywidgets.interactive`, controls beside an Output widget (as built by
+    `interactive_output` or by hand), or a cell marked by `# EXPLORER` or an `explorer` tag."""
+    if cell["type"] != "code":
+        return False
+    return cell["interact"] or (cell["controls"] > 0 and cell["outputWidget"]) or is_marked_explorer(cell)
 
 
 def is_marked_explorer(cell: dict) -> bool:
@@ -533,7 +565,7 @@ class LabDriver:
             report.cells = page.evaluate("p => window.titnProbe.inspect(p)", rel)
             self._check_outputs(report)
             for cell in report.cells:
-                if cell["type"] == "code" and (cell["interact"] or is_marked_explorer(cell)):
+                if is_explorer(cell):
                     self._exercise(page, rel, cell, report)
             lap("explore")
             self._check_unshown_kernel_errors(page, rel, report)
@@ -550,6 +582,7 @@ class LabDriver:
             report.seconds = time.monotonic() - start
         if file_digest(notebook) != digest:
             report.problems.append(f"{rel} changed on disk during the browser run")
+        report.complete = True
         return report
 
     def close(self) -> None:
@@ -601,7 +634,13 @@ class LabDriver:
             )  # fmt: skip
         except TimeoutError as exc:
             report.problems.append(str(exc))
+            # Interrupt the kernel (as the stop button does) and let the run end; a kernel that
+            # ignores the interrupt aborts this notebook (its page is replaced).
             page.evaluate("p => window.titnProbe.interrupt(p)", rel)
+            self._wait(
+                page, rel, lambda s: s["run"]["done"] and s["kernel"] == "idle" and s["pending"] == 0,
+                30, "stop the run after interrupting the kernel", quiet=0.5,
+            )  # fmt: skip
         report.run_seconds = time.monotonic() - start
 
     def _wait_for_widgets(self, page, rel: str, timeout: float = 15.0) -> None:
@@ -640,7 +679,10 @@ class LabDriver:
 
     def _check_outputs(self, report: NotebookReport) -> None:
         for index, err in self._shown_errors(report.cells):
-            where = "an explorer's output" if err not in report.cells[index]["errors"] else "its output"
+            cell = report.cells[index]
+            if err in cell["errors"] and RAISES_EXCEPTION in cell["tags"]:
+                continue  # shown on purpose (nbval accepts it too; Run All goes on past it)
+            where = "an explorer's output" if err not in cell["errors"] else "its output"
             report.problems.append(
                 f"cell {index} shows an error in {where}: {err['ename']}: {err['evalue']} "
                 f"(cell starts {_first_line(report.cells[index]['source'])!r})"
@@ -662,8 +704,8 @@ class LabDriver:
         """Errors the kernel sent that no output shows (e.g. from a widget callback): JupyterLab
         puts them in its Log Console only, where a student rarely looks."""
         self._wait(page, rel, lambda s: s["kernel"] == "idle", self.change_timeout, "let the kernel settle", quiet=0.5)
-        seen = {(e["ename"], e["evalue"]) for _, e in self._shown_errors(report.cells)}
-        seen |= {(e["ename"], e["evalue"]) for _, e in self._shown_errors(page.evaluate("p => window.titnProbe.inspect(p)", rel))}
+        now = page.evaluate("p => window.titnProbe.inspect(p)", rel)
+        seen = {(e["ename"], e["evalue"]) for _, e in self._shown_errors(report.cells) + self._shown_errors(now)}
         seen |= report.reported_kernel_errors
         hidden = {}
         for e in page.evaluate("p => window.titnProbe.iopubErrors(p)", rel):
@@ -679,7 +721,8 @@ class LabDriver:
     # -- explorers ---------------------------------------------------------------------------
     def _controls(self, cell) -> list[tuple[str, object]]:
         controls = []
-        controls += [(SLIDER, h) for h in cell.locator(".widget-slider .noUi-handle").all()]
+        enabled_handles = ".widget-slider .noUi-target:not([disabled]) .noUi-handle"
+        controls += [(SLIDER, h) for h in cell.locator(enabled_handles).all()]
         controls += [(DROPDOWN, s) for s in cell.locator(".widget-dropdown select:not([disabled])").all()]
         controls += [(TOGGLE_BUTTONS, g) for g in cell.locator(".widget-toggle-buttons").all()]
         controls += [(RADIO_BUTTONS, g) for g in cell.locator(".widget-radio-box").all()]
@@ -696,44 +739,30 @@ class LabDriver:
         )
 
     def _move(self, kind: str, element) -> tuple[str, str]:
-        """Move one control to a non-default value through the page; return (before, after)."""
-        if kind == SLIDER:
-            readout = element.locator("xpath=ancestor::*[contains(@class,'widget-slider')][1]//*[contains(@class,'widget-readout')]")
-            value = (lambda: readout.first.inner_text()) if readout.count() else (lambda: element.get_attribute("aria-valuenow"))
-            before = value()
-            for key in ("ArrowRight", "ArrowLeft"):  # at the maximum already: go down instead
-                element.press(key)
-                deadline = time.monotonic() + 5
-                while value() == before and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if value() != before:
-                    break
-            return before, value()
-        if kind == DROPDOWN:
-            before = element.evaluate("s => s.options[s.selectedIndex] ? s.options[s.selectedIndex].text : ''")
-            n = element.evaluate("s => s.options.length")
-            current = element.evaluate("s => s.selectedIndex")
-            for index in range(n):
-                if index != current:
-                    element.select_option(index=index)
-                    break
-            return before, element.evaluate("s => s.options[s.selectedIndex] ? s.options[s.selectedIndex].text : ''")
-        if kind in (TOGGLE_BUTTONS, RADIO_BUTTONS):
-            if kind == TOGGLE_BUTTONS:
-                active, others = element.locator("button.mod-active"), element.locator("button:not(.mod-active):not([disabled])")
-                value = lambda: element.locator("button.mod-active").first.inner_text() if element.locator("button.mod-active").count() else ""  # noqa: E731
-            else:
-                active, others = element.locator("input:checked"), element.locator("input:not(:checked):not([disabled])")
-                value = lambda: element.locator("input:checked").first.evaluate("n => n.parentElement.textContent.trim()") if element.locator("input:checked").count() else ""  # noqa: E731
-            before = value() if active.count() else ""
-            if others.count():
-                others.first.click()
-            return before, value()
-        if kind == CHECKBOX:
-            before = str(element.is_checked())
-            element.click()
-            return before, str(element.is_checked())
-        raise ValueError(f"unknown control kind {kind!r}")
+        """Move one control to a non-default value through the page; return its (before, after) value."""
+        def value() -> str:
+            return element.evaluate(CONTROL_VALUE_JS[kind])
+
+        before = value()
+        for attempt in range(2 if kind == SLIDER else 1):
+            if kind == SLIDER:  # one step up; at its maximum already, one step down
+                element.press("ArrowRight" if attempt == 0 else "ArrowLeft")
+            elif kind == DROPDOWN:
+                current, n = element.evaluate("s => [s.selectedIndex, s.options.length]")
+                element.select_option(index=1 if current == 0 and n > 1 else 0)
+            elif kind in (TOGGLE_BUTTONS, RADIO_BUTTONS):
+                selector = "button:not(.mod-active)" if kind == TOGGLE_BUTTONS else "input[type=radio]:not(:checked)"
+                others = element.locator(f"{selector}:not([disabled])")
+                if others.count():
+                    others.first.click()
+            elif kind == CHECKBOX:
+                element.click()
+            deadline = time.monotonic() + 5
+            while value() == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if value() != before:
+                break
+        return before, value()
 
     def _settle(self, page, rel: str, index: int, before_fp: dict, before_idle: int) -> dict:
         """Wait until the kernel has answered the change (or the output changed), then until stable."""
@@ -762,7 +791,7 @@ class LabDriver:
         head = _first_line(cell["source"])
         locator = page.locator(f'[data-titn-notebook="{rel}"] [data-titn-cell="{index}"] .jp-Cell-outputArea')
         if not cell["controls"]:
-            report.problems.append(f"cell {index} is marked as an explorer but shows no control ({head!r})")
+            report.problems.append(f"cell {index} is an explorer but shows no control ({head!r})")
             return
         explorer = ExplorerReport(cell=index)
         report.explorers.append(explorer)
@@ -790,7 +819,8 @@ class LabDriver:
             if shown:
                 err = shown[0]
                 report.problems.append(
-                    f"cell {index}: moving the {name} to {new!r} shows an error: {err['ename']}: {err['evalue']} ({head!r})"
+                    f"cell {index}: moving the {name} to {new!r} shows an error: "
+                    f"{err['ename']}: {err['evalue']} ({head!r})"
                 )
                 break  # the explorer is broken; its other controls would only repeat the error
             if new_errors:
@@ -826,10 +856,17 @@ class LabDriver:
 
 
 def launch_chromium(playwright, executable: str, profile_dir: Path):
-    """Headless system Chromium with a fresh profile; Playwright downloads no browser of its own."""
+    """Headless system Chromium with a fresh profile; Playwright downloads no browser of its own.
+
+    HOME-based folders (crash reports, dconf cache) point into the profile folder too, so the
+    user's ~/.config and ~/.cache stay untouched."""
+    profile_dir = Path(profile_dir)
+    env = dict(os.environ, XDG_CONFIG_HOME=str(profile_dir / "xdg-config"),
+               XDG_CACHE_HOME=str(profile_dir / "xdg-cache"))
     return playwright.chromium.launch_persistent_context(
-        str(profile_dir),
+        str(profile_dir / "user-data"),
         executable_path=executable,
+        env=env,
         headless=True,
         args=list(CHROMIUM_ARGS),
         viewport={"width": 1280, "height": 900},

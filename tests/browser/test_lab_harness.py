@@ -23,21 +23,24 @@ def test_working_explorers_pass_and_react(lab):
     report = lab.run_notebook(FIXTURES / "explorer.ipynb", screenshot_name="fixture-explorer")
     assert report.problems == [], report.describe()
     code = [c for c in report.cells if c["type"] == "code"]
-    assert [c["count"] for c in code] == [1, 2, 3, 4]
+    assert [c["count"] for c in code] == [1, 2, 3, 4, 5]
+    # an error in a cell tagged raises-exception is accepted, and Run All goes on past it
+    [on_purpose] = code[1]["errors"]
+    assert on_purpose["ename"] == "ValueError" and on_purpose["visible"]
     # stderr text and a warning are shown with the stderr renderer, and are not errors
     assert report.stderr_outputs == 1
-    assert [o["mime"] for o in code[1]["outputs"]][0] == "application/vnd.jupyter.stderr"
+    assert [o["mime"] for o in code[2]["outputs"]][0] == "application/vnd.jupyter.stderr"
     # the progress bar and both explorers are rendered widgets
-    assert [sum(o["widgetRendered"] for o in c["outputs"]) for c in code] == [0, 1, 1, 1]
+    assert [sum(o["widgetRendered"] for o in c["outputs"]) for c in code] == [0, 0, 1, 1, 1]
     # an ipywidgets.interactive is found by itself; the hand-built one by its `explorer` tag
     interactive, tagged = report.explorers
-    assert (interactive.cell, tagged.cell) == (3, 4)
+    assert (interactive.cell, tagged.cell) == (4, 5)
     assert interactive.moved == ["slider 'frequency': 1 -> 2", "dropdown 'kind': sine -> cosine"]
     assert tagged.moved == [
         "slider 'alpha': 1.00 -> 0.80",  # at its maximum, so the harness moves it down
         "toggle buttons 'colour': red -> green",
         "radio buttons 'size': small -> large",
-        "checkbox 'grid': False -> True",
+        "checkbox 'grid': false -> true",
     ]
     assert report.screenshot is not None and report.screenshot.stat().st_size > 10_000
 
@@ -64,7 +67,7 @@ def test_broken_explorers_and_widgets_are_reported(lab):
         "cell 2: moving the slider 'step' to '1' shows an error: RuntimeError: explorer broke at step=1",
         "cell 3: moving the slider 'level' from '0' to '1' did not change the output",
         "cell 4: moving the slider 'hidden' to '1' raises an error that only the Log Console shows: KeyError",
-        "cell 5 is marked as an explorer but shows no control",
+        "cell 5 is an explorer but shows no control",
         "the kernel raised ZeroDivisionError: division by zero (2x, while handling a comm_msg) and no output shows it",
         "cell 8 has a widget that did not render; the page shows 'Error displaying widget: model not found'",
     ]
@@ -87,3 +90,14 @@ def test_server_refuses_to_save(lab):
         urllib.request.urlopen(request, timeout=30)
     assert info.value.code == 403
     assert file_digest(target) == before
+
+
+def test_a_run_past_its_time_limit_is_stopped_and_reported(lab, monkeypatch):
+    monkeypatch.setattr(lab, "run_timeout", 5.0)
+    report = lab.run_notebook(FIXTURES / "slow.ipynb", screenshot_name="fixture-slow")
+    assert report.run_seconds < 60
+    assert report.problems[0].startswith("could not run all cells within 5 s"), report.problems
+    # the interrupt ends the cell with a KeyboardInterrupt, and Run All stops there
+    assert any(p.startswith("cell 2 shows an error in its output: KeyboardInterrupt") for p in report.problems)
+    assert any(p.startswith("cell 3 was not run") for p in report.problems)
+    assert len(report.problems) == 3, report.problems
