@@ -241,6 +241,14 @@ PROBE_JS = r"""
     });
   };
 
+  // The errors one cell shows, in its own outputs and in those nested in its widgets.
+  probe.cellErrors = (path, index) => {
+    const cell = probe.panel(path).content.widgets[index];
+    const found = errorsIn(cell.outputArea);
+    for (const area of nestedAreas(cell)) found.push(...errorsIn(area));
+    return found;
+  };
+
   const fnv = (s) => {
     let h = 0x811c9dc5;
     for (let i = 0; i < s.length; i++) { h ^= s.charCodeAt(i); h = Math.imul(h, 0x01000193) >>> 0; }
@@ -269,12 +277,14 @@ PROBE_JS = r"""
   };
 
   // Close without saving: mark the document clean (so no "save changes?" dialog), ask the
-  // server to shut the kernel down (the request completes in the background), dispose the panel.
+  // server to end the kernel's session (the request completes in the background, the page
+  // stays), dispose the panel.
   probe.close = (path) => {
     const p = probe.panel(path);
     if (!p) return false;
     p.context.model.dirty = false;
-    p.sessionContext.shutdown().catch(() => {});
+    const session = p.sessionContext.session;
+    if (session) app.serviceManager.sessions.shutdown(session.id).catch(() => {});
     p.dispose();
     delete probe.iopub[path];
     return true;
@@ -781,9 +791,9 @@ class LabDriver:
             fp = page.evaluate("([p, i]) => window.titnProbe.fingerprint(p, i)", [rel, index])
             if fp != previous or state["kernel"] != "idle":
                 previous, stable_since = fp, time.monotonic()
-            elif time.monotonic() - stable_since >= 0.6:
+            elif time.monotonic() - stable_since >= 0.4:
                 return fp
-            time.sleep(0.15)
+            time.sleep(0.1)
         return previous
 
     def _exercise(self, page, rel: str, cell: dict, report: NotebookReport) -> None:
@@ -812,8 +822,7 @@ class LabDriver:
                 report.problems.append(f"cell {index}: after moving the {name} to {new!r}: {exc}")
                 continue
             explorer.moved.append(f"{name}: {old} -> {new}")
-            cells = page.evaluate("p => window.titnProbe.inspect(p)", rel)
-            shown = cells[index]["errors"] + cells[index]["nestedErrors"]
+            shown = page.evaluate("([p, i]) => window.titnProbe.cellErrors(p, i)", [rel, index])
             new_errors = page.evaluate("p => window.titnProbe.iopubErrors(p)", rel)[errors_before:]
             report.reported_kernel_errors |= {(e["ename"], e["evalue"]) for e in shown + new_errors}
             if shown:

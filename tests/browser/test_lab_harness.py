@@ -7,6 +7,7 @@ report for a course notebook means something.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -101,3 +102,13 @@ def test_a_run_past_its_time_limit_is_stopped_and_reported(lab, monkeypatch):
     assert any(p.startswith("cell 2 shows an error in its output: KeyboardInterrupt") for p in report.problems)
     assert any(p.startswith("cell 3 was not run") for p in report.problems)
     assert len(report.problems) == 3, report.problems
+
+
+def test_a_closed_notebook_leaves_no_kernel_running(lab):
+    lab.run_notebook(FIXTURES / "failing.ipynb", screenshot_name="fixture-failing")
+    deadline = time.monotonic() + 30
+    while (kernels := json.load(urllib.request.urlopen(lab.server.url("api/kernels"), timeout=10))) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    assert kernels == []
