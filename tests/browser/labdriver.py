@@ -71,16 +71,18 @@ LAB_SETTINGS = {
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
 }
 
-# Server config: refuse every save, whatever asks for it.
+# Server config: refuse every save, whatever asks for it, and keep the checkpoints JupyterLab
+# makes when it opens a notebook out of the repository.
 SERVER_CONFIG = '''\
 from tornado.web import HTTPError
 
 
 def refuse_every_save(model, path, contents_manager, **kwargs):
-    raise HTTPError(403, f"this test server never writes files (refused to save {path!r})")
+    raise HTTPError(403, f"this test server never writes files (refused to save {{path!r}})")
 
 
 c.FileContentsManager.pre_save_hook = refuse_every_save
+c.FileCheckpoints.checkpoint_dir = {checkpoint_dir!r}
 '''
 
 # The nbval cell tag for "this cell shows an error on purpose".
@@ -270,10 +272,11 @@ PROBE_JS = r"""
 
   probe.iopubErrors = (path) => (probe.iopub[path] || {errors: []}).errors;
 
-  probe.interrupt = async (path) => {
+  probe.interrupt = (path) => {
     const p = probe.panel(path);
     const kernel = p && p.sessionContext.session && p.sessionContext.session.kernel;
-    if (kernel) await kernel.interrupt();
+    if (kernel) kernel.interrupt().catch(() => {});
+    return !!kernel;
   };
 
   // Close without saving: mark the document clean (so no "save changes?" dialog), ask the
@@ -332,6 +335,16 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _checkpoint_state(notebook: Path) -> tuple | None:
+    """Size and time of the notebook's checkpoint in .ipynb_checkpoints/ beside it, if any."""
+    path = notebook.parent / ".ipynb_checkpoints" / f"{notebook.stem}-checkpoint{notebook.suffix}"
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -373,7 +386,8 @@ class LabServer:
             target = dirs["settings"] / f"{plugin}.jupyterlab-settings"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(values, indent=2))
-        (dirs["config"] / "jupyter_server_config.py").write_text(SERVER_CONFIG)
+        checkpoints = self.workdir / "checkpoints"  # absolute: not inside the notebook's folder
+        (dirs["config"] / "jupyter_server_config.py").write_text(SERVER_CONFIG.format(checkpoint_dir=str(checkpoints)))
         env = dict(os.environ)
         env.pop("JUPYTER_PATH", None)  # no kernels or extensions from elsewhere
         env.pop("JUPYTER_CONFIG_PATH", None)
@@ -553,7 +567,7 @@ class LabDriver:
         rel = notebook.relative_to(self.server.root).as_posix()
         report = NotebookReport(path=rel)
         self.reports.append(report)
-        digest = file_digest(notebook)
+        digest, checkpoint = file_digest(notebook), _checkpoint_state(notebook)
         start = clock = time.monotonic()
 
         def lap(phase: str) -> None:
@@ -592,6 +606,8 @@ class LabDriver:
             report.seconds = time.monotonic() - start
         if file_digest(notebook) != digest:
             report.problems.append(f"{rel} changed on disk during the browser run")
+        if _checkpoint_state(notebook) != checkpoint:
+            report.problems.append(f"the browser run wrote a checkpoint of {rel} into the repository")
         report.complete = True
         return report
 
@@ -608,7 +624,8 @@ class LabDriver:
         workspace = f"t{secrets.token_hex(4)}"  # a fresh workspace: no layout gets restored
         page.goto(self.server.url(f"lab/workspaces/{workspace}"), wait_until="domcontentloaded")
         page.wait_for_function("() => !!window.jupyterapp", timeout=self.open_timeout * 1000)
-        page.evaluate("async () => { await window.jupyterapp.restored; }")
+        page.evaluate("() => { window.jupyterapp.restored.then(() => { window.titnRestored = true; }); }")
+        page.wait_for_function("() => window.titnRestored === true", timeout=self.open_timeout * 1000)
         page.evaluate(PROBE_JS)
         self._page = page
         return page
