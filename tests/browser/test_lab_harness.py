@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from labdriver import DROPDOWN, SLIDER, file_digest
+from labdriver import file_digest
 
 pytestmark = pytest.mark.browser
 
