@@ -12,6 +12,11 @@ from .capture import AttentionMaps, capture_attention
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
 from .layers import DropPath, Mlp
 from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models
+from . import losses, metrics, train
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .losses import TITNLoss, cutmix_cross_entropy
+from .train import evaluate, fit
+from .utils import seed_everything
 
 __version__ = "0.1.0"
 
@@ -36,4 +41,15 @@ __all__ = [
     "capture_attention",
     "AttentionMaps",
     "__version__",
+    "losses",
+    "metrics",
+    "train",
+    "TITNLoss",
+    "cutmix_cross_entropy",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "seed_everything",
+    "fit",
+    "evaluate",
 ]
