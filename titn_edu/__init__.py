@@ -12,6 +12,9 @@ from .capture import AttentionMaps, capture_attention
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
 from .layers import DropPath, Mlp
 from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models
+from . import data, teachers
+from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
+from .teachers import build_teacher, freeze, list_teachers
 from . import losses, metrics, train
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .losses import TITNLoss, cutmix_cross_entropy
@@ -40,6 +43,18 @@ __all__ = [
     "count_parameters",
     "capture_attention",
     "AttentionMaps",
+    "data",
+    "DATASETS",
+    "ImageArrayDataset",
+    "get_dataset",
+    "get_transforms",
+    "batch_mixer",
+    "export_dataset",
+    "make_loader",
+    "teachers",
+    "build_teacher",
+    "list_teachers",
+    "freeze",
     "__version__",
     "losses",
     "metrics",
