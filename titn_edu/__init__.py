@@ -20,10 +20,12 @@ from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .losses import TITNLoss, cutmix_cross_entropy
 from .train import evaluate, fit
 from .utils import seed_everything
+from . import results
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "results",
     "attention",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
