@@ -21,6 +21,7 @@ from .losses import TITNLoss, cutmix_cross_entropy
 from .train import evaluate, fit
 from .utils import seed_everything
 from . import results
+from . import checks, viz
 
 __version__ = "0.1.0"
 
@@ -69,4 +70,6 @@ __all__ = [
     "seed_everything",
     "fit",
     "evaluate",
+    "viz",
+    "checks",
 ]
