@@ -150,6 +150,10 @@ def save_checkpoint(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0):
+        raise ValueError(f"epoch must be a whole number >= 0 (epochs completed) or None; got {epoch!r}.")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict of plain values (or None); got {type(metrics).__name__}.")
     spec = model_spec(model)
     if spec is None:
         warnings.warn(
