@@ -435,3 +435,21 @@ def test_checks_instance_instead_of_class():
 def test_checks_unknown_dataset():
     with pytest.raises(ValueError, match=r"dataset must be one of \['mnist', 'cifar10', 'cifar100'\]; got 'imagenet'"):
         checks.preprocess(lambda x: x, "imagenet")
+
+
+def test_load_model_with_weights_that_do_not_fit(tmp_path, model):
+    path = T.save_checkpoint(tmp_path / "c.pt", model, epoch=1)
+    ckpt = T.load_checkpoint(path)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"c.pt' cannot be rebuilt: .*weights do not fit.*Missing key"):
+        T.load_model(path)
+
+
+def test_load_model_with_an_unknown_constructor_argument(tmp_path, model):
+    path = T.save_checkpoint(tmp_path / "c.pt", model, epoch=1)
+    ckpt = T.load_checkpoint(path)
+    ckpt["model"]["kwargs"]["future_option"] = 1
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"cannot be rebuilt.*future_option"):
+        T.load_model(path)
