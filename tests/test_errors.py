@@ -453,3 +453,21 @@ def test_load_model_with_an_unknown_constructor_argument(tmp_path, model):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match=r"cannot be rebuilt.*future_option"):
         T.load_model(path)
+
+
+def test_fit_resume_with_another_optimizer(model, batch, tmp_path):
+    run(model, batch, output_dir=tmp_path, optimizer="adamw", batch_size=2)
+    with pytest.raises(ValueError, match=r"cannot resume from .*last.pt.*optimizer/scheduler state does not fit"):
+        run(model, batch, resume=tmp_path, epochs=2, optimizer="paper", batch_size=2)
+
+
+def test_fit_resume_from_a_corrupt_checkpoint(model, batch, tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CheckpointError, match=r"could not read .*last.pt"):
+        run(model, batch, resume=tmp_path)
+
+
+def test_fit_loader_without_labels(model, batch):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(batch[0]), batch_size=2)
+    with pytest.raises(TypeError, match=r"each batch must be \(images, labels\)"):
+        run(model, loader)
