@@ -6,6 +6,12 @@ One case per line where possible, so this file doubles as a catalogue of what is
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -471,3 +477,59 @@ def test_fit_loader_without_labels(model, batch):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(batch[0]), batch_size=2)
     with pytest.raises(TypeError, match=r"each batch must be \(images, labels\)"):
         run(model, loader)
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.fixture
+def cli():
+    return pytest.importorskip("titn_edu.cli", reason="the titn-edu command line is not part of this build")
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--preset", "nope"], r"argument --preset: invalid choice: 'nope'"),
+        (["train", "--dataset", "svhn"], r"argument --dataset: invalid choice: 'svhn'"),
+        (["train", "--dataset", "mnist", "--model", "titn-huge"], r"argument --model: invalid choice: 'titn-huge'"),
+        (["train", "--dataset", "mnist", "--epochs", "0"], r"--epochs must be >= 1; got 0"),
+        (["train", "--dataset", "mnist", "--epochs", "-3"], r"--epochs must be >= 1; got -3"),
+        (["train", "--dataset", "mnist", "--batch-size", "0"], r"--batch-size must be >= 1; got 0"),
+        (["train", "--dataset", "mnist", "--lr", "-0.1"], r"--lr must be a finite number > 0; got -0.1"),
+        (["train", "--dataset", "mnist", "--lr", "fast"], r"--lr must be a number; got 'fast'"),
+        (["train", "--dataset", "mnist", "--alpha", "1.5"], r"--alpha: must be a number in \[0, 1\]; got 1.5"),
+        (["train", "--dataset", "mnist", "--tau", "0"], r"--tau must be a finite number > 0; got 0"),
+        (["train", "--dataset", "mnist", "--teacher", "resnet9000", "--output", "{tmp}"], r"--teacher 'resnet9000' is neither a teacher name"),
+        (["train", "--dataset", "mnist", "--device", "tpu"], r"unknown device 'tpu'"),
+        (["train", "--dataset", "mnist", "--model-arg", "depth"], r"expected KEY=VALUE"),
+        (["train"], r"train needs --dataset \(or a --preset\)"),
+        (["train", "--resume", "/nonexistent/run"], r"--resume '/nonexistent/run': no titn-edu run folder there"),
+        (["evaluate", "x.pt", "--split", "val"], r"argument --split: invalid choice: 'val'"),
+        (["fly"], r"invalid choice: 'fly'"),
+    ],
+    ids=["preset", "dataset", "model", "epochs_zero", "epochs_negative", "batch_size_zero", "lr_negative", "lr_word",
+         "alpha", "tau", "teacher", "device", "model_arg", "no_dataset", "resume_missing", "split", "command"],
+)
+def test_cli_bad_arguments_are_usage_errors(cli, capsys, tmp_path, argv, match):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([a.replace("{tmp}", str(tmp_path / "run")) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert re.search(match, err), err
+    assert "usage: titn-edu" in err and "Traceback" not in err
+
+
+def test_cli_missing_checkpoint_names_the_path(cli, capsys, tmp_path):
+    code = cli.main(["evaluate", str(tmp_path / "missing.pt"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert re.search(r"titn-edu: error: no checkpoint at .*missing.pt", err), err
+    assert "Traceback" not in err
+
+
+def test_cli_process_exits_2_without_traceback(cli):
+    """End to end, as a user runs it: ``python -m titn_edu`` with a bad flag."""
+    env = dict(os.environ, PYTHONPATH=str(Path(T.__file__).parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "titn_edu", "train", "--dataset", "mnist", "--epochs", "-1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert "--epochs must be >= 1; got -1" in proc.stderr and "Traceback" not in proc.stderr
