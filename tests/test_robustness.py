@@ -253,3 +253,48 @@ def test_checkpoint_records_what_is_needed_to_rebuild_and_resume(tmp_path):
     assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
     assert ckpt["versions"]["torch"] == str(torch.__version__) and ckpt["versions"]["titn_edu"] == T.__version__
     assert math.isclose(ckpt["metrics"]["val_top1"], 50.0)
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """``titn-edu train`` stopped by a real SIGINT during training, then ``titn-edu train --resume``:
+    the student's final weights are bitwise those of a run that was never interrupted."""
+    pytest.importorskip("titn_edu.cli", reason="the titn-edu command line is not part of this build")
+    env = dict(os.environ, PYTHONPATH=str(Path(T.__file__).parents[1]))
+    args = ["--dataset", "mnist", "--model", "titn-tiny", "--model-arg", "depth=1", "--teacher", "none",
+            "--epochs", "3", "--limit", "240", "--test-limit", "20", "--batch-size", "40", "--optimizer", "adamw",
+            "--mixing", "cutmix", "--seed", "0", "--device", "cpu", "--threads", "1", "--no-progress"]
+
+    def cli(*extra, **kwargs):
+        return subprocess.Popen([sys.executable, "-m", "titn_edu", "train", *extra], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+    ref = cli(*args, "--output", str(tmp_path / "ref"))
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+
+    run = tmp_path / "run"
+    proc = cli(*args, "--output", str(run))
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "student" / "last.pt").is_file():  # epoch 1 is saved: interrupt epoch 2
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    done = T.load_checkpoint(run / "student" / "last.pt")["epoch"]
+    assert 1 <= done < 3
+
+    resumed = cli("--resume", str(run), "--device", "cpu", "--threads", "1", "--no-progress")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    a = T.load_checkpoint(tmp_path / "ref" / "student" / "last.pt")
+    b = T.load_checkpoint(run / "student" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    assert same_weights(a["state_dict"], b["state_dict"])
