@@ -112,7 +112,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes |
     ``write`` is the content (``bytes``/``str``) or a function that writes into a binary file
     object. The data go to a temporary file in the same folder, are flushed and fsync'ed, then
     ``os.replace`` swaps the file in. On any error the temporary file is removed and the old
-    file is untouched.
+    file is untouched. A process killed mid-write (SIGKILL, power loss) cannot clean up: its
+    temporary file ``.NAME.PID.*.tmp`` is removed by the next write of ``path``.
     """
     path = Path(path)
     if path.parent.exists() and not path.parent.is_dir():
