@@ -260,6 +260,10 @@ def test_cli_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path):
     """``titn-edu train`` stopped by a real SIGINT during training, then ``titn-edu train --resume``:
     the student's final weights are bitwise those of a run that was never interrupted."""
     pytest.importorskip("titn_edu.cli", reason="the titn-edu command line is not part of this build")
+    try:
+        T.get_dataset("mnist", train=False, limit=10, download=False)
+    except FileNotFoundError:
+        pytest.skip("MNIST is not available offline here (set TITN_EDU_DATA)")
     env = dict(os.environ, PYTHONPATH=str(Path(T.__file__).parents[1]))
     args = ["--dataset", "mnist", "--model", "titn-tiny", "--model-arg", "depth=1", "--teacher", "none",
             "--epochs", "3", "--limit", "240", "--test-limit", "20", "--batch-size", "40", "--optimizer", "adamw",
