@@ -153,7 +153,8 @@ def test_nan_batch_stops_training_and_leaves_best_untouched(tmp_path):
     def poison(x, reads):
         return torch.full_like(x, float("nan"))
 
-    history = train(tiny_model(), Images(fault_at=N + 1, fault=poison), output_dir=tmp_path)  # epoch 2 is bad
+    with pytest.warns(RuntimeWarning, match=r"loss became nan at epoch 2, step 1"):
+        history = train(tiny_model(), Images(fault_at=N + 1, fault=poison), output_dir=tmp_path)  # epoch 2 is bad
     best = (tmp_path / "best.pt").read_bytes()
     assert history.status == "diverged"
     assert [r["epoch"] for r in history] == [1]
