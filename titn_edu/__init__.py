@@ -15,6 +15,11 @@ from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_mode
 from . import data, teachers
 from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
 from .teachers import build_teacher, freeze, list_teachers
+from . import losses, metrics, train
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .losses import TITNLoss, cutmix_cross_entropy
+from .train import evaluate, fit
+from .utils import seed_everything
 from . import results
 from . import checks, viz
 
@@ -54,6 +59,17 @@ __all__ = [
     "list_teachers",
     "freeze",
     "__version__",
+    "losses",
+    "metrics",
+    "train",
+    "TITNLoss",
+    "cutmix_cross_entropy",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "seed_everything",
+    "fit",
+    "evaluate",
     "viz",
     "checks",
 ]
