@@ -339,6 +339,12 @@ def _predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
         with _autocast(device, amp):
             logits, _ = _split_output(model(images))
         logits = logits.float()
+        if labels.dim() != 1 or labels.shape[0] != logits.shape[0] or labels.is_floating_point():
+            raise ValueError(f"evaluation labels must be class indices (batch,) = ({logits.shape[0]},); "
+                             f"got {labels.dtype} {tuple(labels.shape)}.")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+            raise ValueError(f"evaluation labels lie in [{int(labels.min())}, {int(labels.max())}] but the model "
+                             f"predicts {logits.shape[1]} classes: check the dataset and the model's num_classes.")
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top5 += int(_topk_hits(logits, labels, (5,))[0])
         preds.append(logits.argmax(dim=-1).cpu())
@@ -389,6 +395,8 @@ def evaluate(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     _check_positive_int("batch_size", batch_size)
+    if num_classes is not None:
+        _check_positive_int("num_classes", num_classes)
     dev = resolve_device(device)
     model.to(dev)
     loader = _loader(_as_dataset(data, "data"), batch_size=batch_size, train=False, num_workers=num_workers,
