@@ -10,7 +10,7 @@ only difference), then report MNIST test top-1 (all 10,000 test images).
 
 Usage (CPU, a few minutes)::
 
-    python benchmarks/compare_optimizers.py --limit 10000 --epochs 3 --seeds 0 1 --out results/optimizers.json
+    python benchmarks/compare_optimizers.py --limit 10000 --epochs 3 --seeds 0 1 --out benchmarks/results/compare_optimizers_mnist.json
 """
 
 from __future__ import annotations
