@@ -673,6 +673,7 @@ def fit(
     if start_epoch >= epochs:
         history.status = "completed"
         history.message = f"nothing to do: the checkpoint already holds {start_epoch} of {epochs} epochs."
+        model.eval()
         return history
     history.status = "running"
     epoch_bar = tqdm(range(start_epoch, epochs), desc="epochs", initial=start_epoch, total=epochs,
