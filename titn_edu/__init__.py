@@ -20,10 +20,13 @@ from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .losses import TITNLoss, cutmix_cross_entropy
 from .train import evaluate, fit
 from .utils import seed_everything
+from . import results
+from . import checks, viz
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "results",
     "attention",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
@@ -67,4 +70,6 @@ __all__ = [
     "seed_everything",
     "fit",
     "evaluate",
+    "viz",
+    "checks",
 ]

@@ -31,9 +31,11 @@ Quick tour::
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ __all__ = [
     "ImageArrayDataset",
     "BatchMixer",
     "data_root",
+    "npz_path",
     "get_dataset",
     "get_transforms",
     "batch_mixer",
@@ -136,9 +139,10 @@ def npz_path(root: str | os.PathLike, name: str, split: str) -> Path:
 def _one_thread():
     """Run per-image transforms on one intra-op thread.
 
-    A 32×32 image is far too small to split across threads: with two threads on a busy machine,
-    AutoAugment took ~10 ms per CIFAR image instead of ~0.4 ms (benchmarks/bench_data.py).
-    DataLoader workers already run on one thread; this makes ``num_workers=0`` as fast.
+    A 32×32 image is far too small to split across threads. On a 2-core machine busy with other
+    processes, ``python benchmarks/bench_data.py`` timed the CIFAR-10 training transform at 10–19 ms
+    per image with two threads against 0.35–1.4 ms with one. DataLoader workers already run on one
+    thread; this gives ``num_workers=0`` the same speed.
     """
     threads = torch.get_num_threads()
     if threads == 1:
@@ -223,15 +227,17 @@ class ImageArrayDataset(Dataset):
 
 
 def _load_npz(path: Path) -> tuple[Tensor, Tensor, list[str]]:
+    expected = "'images' (N, H, W, C) uint8, 'labels' (N,) int64 and 'classes' (C,) str"
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = {"images", "labels", "classes"} - set(f.files)
-            if missing:
-                raise ValueError(f"{path} lacks the arrays {sorted(missing)}; expected 'images' (N, H, W, C) uint8, "
-                                 "'labels' (N,) int64 and 'classes' (C,) str.")
-            images, labels, classes = f["images"], f["labels"], f["classes"]
-    except (OSError, EOFError) as err:  # truncated or not an npz at all
-        raise ValueError(f"Could not read {path} as an npz file ({err}); re-create it with export_dataset.") from err
+            arrays = {k: f[k] for k in ("images", "labels", "classes") if k in f.files}
+    except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile) as err:  # truncated, .npy, pickle
+        raise ValueError(f"Could not read {path} as an npz file holding {expected} ({err}); re-create it with "
+                         "export_dataset.") from err
+    missing = {"images", "labels", "classes"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {sorted(missing)}; expected {expected}.")
+    images, labels, classes = arrays["images"], arrays["labels"], arrays["classes"]
     if images.ndim == 3:  # (N, H, W) greyscale
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -240,7 +246,7 @@ def _load_npz(path: Path) -> tuple[Tensor, Tensor, list[str]]:
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != images.shape[:1]:
         raise ValueError(f"{path}: 'labels' must be integers of shape ({images.shape[0]},); got {labels.dtype} "
                          f"{labels.shape}.")
-    nchw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     return nchw, torch.from_numpy(labels.astype(np.int64)), [str(c) for c in classes]
 
 
@@ -249,7 +255,7 @@ def _from_torchvision(ds: Any) -> tuple[Tensor, Tensor, list[str]]:
     if isinstance(data, Tensor):  # MNIST: uint8 (N, 28, 28)
         images = data.unsqueeze(1).contiguous()
     else:  # CIFAR: numpy uint8 (N, 32, 32, 3)
-        images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
+        images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
     return images, torch.as_tensor(ds.targets, dtype=torch.long), list(ds.classes)
 
 
@@ -265,10 +271,18 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
-def _not_found(name: str, split: str, searched: list[str], reason: str) -> FileNotFoundError:
+def _root_origin(root: str | os.PathLike | None) -> str:
+    if root is not None:
+        return "the root argument"
+    if os.environ.get("TITN_EDU_DATA"):
+        return "TITN_EDU_DATA"
+    return "the per-user cache; TITN_EDU_DATA is not set"
+
+
+def _not_found(name: str, split: str, searched: list[str], reason: str, origin: str) -> FileNotFoundError:
     lines = "\n".join(f"  - {s}" for s in searched)
     return FileNotFoundError(
-        f"The {split} split of {name} was not found ({reason}). Searched:\n{lines}\n"
+        f"The {split} split of {name} was not found ({reason}; data root from {origin}). Searched:\n{lines}\n"
         "To fix it, do one of:\n"
         f"  * set TITN_EDU_DATA (or pass root=) to a folder holding {name}-npz/{name}_{split}.npz or "
         "torchvision's files;\n"
@@ -278,7 +292,9 @@ def _not_found(name: str, split: str, searched: list[str], reason: str) -> FileN
     )
 
 
-def _load_arrays(name: str, split: str, root: Path, download: bool | None) -> tuple[Tensor, Tensor, list[str]]:
+def _load_arrays(name: str, split: str, root: str | os.PathLike | None,
+                 download: bool | None) -> tuple[Tensor, Tensor, list[str]]:
+    origin, root = _root_origin(root), data_root(root)
     npz = npz_path(root, name, split)
     if npz.is_file():
         return _load_npz(npz)
@@ -289,13 +305,14 @@ def _load_arrays(name: str, split: str, root: Path, download: bool | None) -> tu
     except RuntimeError:  # torchvision: "Dataset not found or corrupted."
         pass
     if download is False:
-        raise _not_found(name, split, searched, "download=False")
+        raise _not_found(name, split, searched, "download=False", origin)
     try:
         with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
             ds = cls(root=str(root), train=split == "train", download=True)
-    except (OSError, RuntimeError, ValueError) as err:  # URLError, timeouts, HTTP errors, read-only root, bad md5
+    except (OSError, EOFError, http.client.HTTPException, RuntimeError, ValueError) as err:
+        # URLError, timeouts, broken connections, read-only root, truncated archive, bad md5
         searched.append(f"download into {root} failed: {type(err).__name__}: {err}")
-        raise _not_found(name, split, searched, "the download failed") from err
+        raise _not_found(name, split, searched, "the download failed", origin) from err
     return _from_torchvision(ds)
 
 
@@ -363,7 +380,7 @@ def get_dataset(
     elif not callable(transform):
         raise TypeError(f"transform must be None, 'raw' or a callable; got {type(transform).__name__}.")
 
-    images, labels, classes = _load_arrays(name, split, data_root(root), download)
+    images, labels, classes = _load_arrays(name, split, root, download)
     if images.shape[1] != IN_CHANS[name] or len(classes) != NUM_CLASSES[name]:
         raise ValueError(f"The {split} data found for {name} has {images.shape[1]} channels and {len(classes)} classes; "
                          f"expected {IN_CHANS[name]} and {NUM_CLASSES[name]}. Check the files under {data_root(root)}.")

@@ -35,10 +35,27 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+# VGG16 (configuration "D" of Simonyan & Zisserman): output channels of each 3×3 conv, "M" = 2×2 max-pool.
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def _vgg_features(layout: tuple, in_chans: int) -> nn.Sequential:
+    """Conv(3×3)-BN-ReLU layers and max-pools, laid out (and indexed) as ``torchvision.models.vgg16_bn().features``."""
+    layers: list[nn.Module] = []
+    for v in layout:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_chans, v, kernel_size=3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            in_chans = v
+    return nn.Sequential(*layers)
+
+
 class VGGTeacher(nn.Module):
     """VGG16-BN for 32×32 images: torchvision's ``vgg16_bn`` feature stack and a small classifier.
 
-    The 13 conv-BN-ReLU layers and 5 max-pools of ``torchvision.models.vgg16_bn`` turn a 32×32 image
+    The 13 conv-BN-ReLU layers and 5 max-pools of ``torchvision.models.vgg16_bn`` (same modules, same
+    indices, so its ``features`` weights load as they are) turn a 32×32 image
     into a 1×1×512 map. torchvision's classifier expects 7×7×512 (224-pixel inputs) and holds 120 M
     parameters in three fully connected layers; on 1×1 maps it would only see 49 copies of the same
     512 numbers, so it is replaced by ``512 → hidden_dim → num_classes`` with dropout, the usual
@@ -57,9 +74,7 @@ class VGGTeacher(nn.Module):
         _positive_int("hidden_dim", hidden_dim)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1); got {dropout!r}.")
-        self.features = torchvision.models.vgg16_bn(weights=None).features  # conv init: Kaiming (fan_out)
-        if in_chans != 3:
-            _replace_first_conv(self.features, in_chans)
+        self.features = _vgg_features(VGG16_LAYOUT, in_chans)
         self.pool = nn.AdaptiveAvgPool2d(1)  # 1×1 for 32×32 inputs; also accepts larger images
         self.head = nn.Sequential(
             nn.Flatten(),
@@ -68,8 +83,11 @@ class VGGTeacher(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, num_classes),
         )
-        for m in self.head.modules():
-            if isinstance(m, nn.Linear):  # as torchvision's VGG
+        for m in self.modules():  # as torchvision's VGG
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
@@ -86,14 +104,17 @@ class VGGTeacher(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A small, fast CNN teacher for CPU runs: three conv-BN-ReLU stages, then global pooling.
+    """A small, fast CNN teacher for CPU runs: three conv-BN-ReLU-max-pool stages, then a linear head.
 
-    Stages (32×32 input, ``width`` = w): conv w @32² → pool → conv 2w @16² → pool → conv 4w, conv 4w
-    @8² → global average pool → linear. With the default w = 32 it has 0.24 M parameters and reaches
-    about 99 % on MNIST after one epoch (benchmarks/bench_teacher.py).
+    Stages on a 32×32 input, ``width`` = w: conv w @32² → pool → conv 2w @16² → pool → conv 4w @8² →
+    pool → 4×4×4w map → flatten → linear (keeping the 4×4 layout learns digits faster than global
+    pooling). The default w = 16 has 33,658 parameters for MNIST. Trained on MNIST with
+    ``python benchmarks/bench_teacher.py --no-augment --threads 1 --workers 0`` (SGD, one-cycle, batch
+    128) it reached 98.94 % test accuracy after one epoch and, with ``--epochs 2``, 99.21 % after two
+    (88 s of CPU time on one core; the wall-clock time depends on the machine's load).
     """
 
-    def __init__(self, *, num_classes: int, in_chans: int = 3, width: int = 32, dropout: float = 0.0) -> None:
+    def __init__(self, *, num_classes: int, in_chans: int = 3, width: int = 16, dropout: float = 0.0) -> None:
         super().__init__()
         _positive_int("num_classes", num_classes)
         _positive_int("in_chans", in_chans)
@@ -106,16 +127,16 @@ class SmallCNN(nn.Module):
             _conv_bn_relu(w, 2 * w),
             nn.MaxPool2d(2),
             _conv_bn_relu(2 * w, 4 * w),
-            _conv_bn_relu(4 * w, 4 * w),
+            nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(4 * w, num_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(4 * w * 16, num_classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, 4·width, H/4, W/4)."""
+        """(B, C, H, W) -> (B, 4·width, H/8, W/8)."""
         return self.features(x)
 
     def forward_head(self, x: Tensor) -> Tensor:
@@ -192,7 +213,10 @@ def build_teacher(name: str, *, num_classes: int, in_chans: int = 3, **kwargs: A
         kwargs.setdefault("init_weights", True)
     if in_chans != 3 and kwargs.get("transform_input"):
         raise ValueError(f"{tv_name} with transform_input=True expects 3 channels; use in_chans=3.")
-    model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+    try:
+        model = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+    except TypeError as err:  # unexpected keyword
+        raise TypeError(f"build_teacher({name!r}): {err}") from None
     if in_chans != 3:
         _replace_first_conv(model, in_chans)
     return model
