@@ -44,19 +44,24 @@ def test_quick_preset_learns_and_teacher_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TITN_EDU_OUTPUTS", str(tmp_path))
     preset = course.get_preset("mnist-quick")
     train, test = course.load_data(preset, limit=600, test_limit=200)
-    teacher, cached = course.cached_teacher(preset, train, epochs=1, limit=600, progress=False, device="cpu")
+    teacher, hist, cached = course.cached_teacher(preset, train, epochs=1, progress=False, device="cpu")
     assert not cached and (tmp_path / "teacher-mnist-quick.pt").is_file()
-    again, cached = course.cached_teacher(preset, train, epochs=1, limit=600, progress=False, device="cpu")
-    assert cached
+    again, hist2, cached = course.cached_teacher(preset, train, epochs=1, progress=False, device="cpu")
+    assert cached and hist2 == [dict(r) for r in hist]
     for a, b in zip(teacher.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)
     # different settings: retrained, file replaced
-    _, cached = course.cached_teacher(preset, train, epochs=2, limit=600, progress=False, device="cpu")
+    _, _, cached = course.cached_teacher(preset, train, epochs=2, progress=False, device="cpu")
     assert not cached
     assert load_checkpoint(tmp_path / "teacher-mnist-quick.pt")["extra"]["course_key"]["epochs"] == 2
-    student, history = course.train_student(preset, train, test, teacher=teacher, epochs=1, progress=False,
-                                            device="cpu")
-    assert history[-1]["val_top1"] > 30.0  # far above chance (10 %) after one short epoch
+    student, history, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=1,
+                                                     progress=False, device="cpu")
+    assert not cached and history[-1]["val_top1"] > 30.0  # far above chance (10 %) after one short epoch
+    again, _, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=1, progress=False)
+    assert cached and torch.equal(again.pos_embed, student.pos_embed)
+    _, _, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=1, retrain=True,
+                                         progress=False)
+    assert not cached
     vit, h = course.train_student(preset, train, None, teacher=None, model="vit-tiny", epochs=1, progress=False,
                                   device="cpu")
     assert not vit.distill and h[-1]["teacher_agreement"] is None

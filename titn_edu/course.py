@@ -34,6 +34,7 @@ __all__ = [
     "train_student",
     "outputs_dir",
     "cached_teacher",
+    "cached_student",
 ]
 
 _REQUIRED = ("dataset", "model", "epochs", "optimizer", "batch_size", "mixing", "alpha", "distillation")
@@ -181,30 +182,53 @@ def outputs_dir() -> Path:
     return path
 
 
-def cached_teacher(preset: dict[str, Any], train_data: Any, *, epochs: int | None = None, limit: int | None = None,
-                   seed: int = 0, path: str | os.PathLike | None = None, **fit_kwargs: Any) -> tuple[nn.Module, bool]:
-    """A trained teacher from ``path`` (default ``outputs/teacher-<preset>.pt``) if it was trained with the
-    same settings, else train one with :func:`train_teacher` and save it (atomically). ``limit`` only
-    labels the cache (the number of training images). Returns ``(teacher, loaded_from_cache)``."""
+def _cached(path: Path, key: dict[str, Any], build: Any, train: Any, retrain: bool) -> tuple[nn.Module, list, bool]:
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
+    key = _plain(key)
+    if path.is_file() and not retrain:
+        try:
+            ckpt = load_checkpoint(path)
+            extra = ckpt.get("extra") or {}
+            if extra.get("course_key") == key:
+                model = build()
+                model.load_state_dict(ckpt["state_dict"])
+                return model.eval(), list(extra.get("history") or []), True
+        except (CheckpointError, ValueError, KeyError, RuntimeError):
+            pass  # unreadable, foreign or another architecture: train a new one and replace it
+    model, history = train()
+    save_checkpoint(path, model, course_key=key, history=list(history))
+    return model, history, False
+
+
+def cached_teacher(preset: dict[str, Any], train_data: Any, *, epochs: int | None = None, seed: int = 0,
+                   path: str | os.PathLike | None = None, retrain: bool = False,
+                   **fit_kwargs: Any) -> tuple[nn.Module, list, bool]:
+    """A trained teacher from ``path`` (default ``outputs/teacher-<preset>.pt``) when it was trained with the
+    same settings on as many images, else (or with ``retrain=True``) one trained by :func:`train_teacher`
+    and saved there atomically. Returns ``(teacher, history, loaded_from_cache)``."""
     preset = _check_preset(preset)
     key = {k: preset.get(k) for k in ("dataset", "teacher", "teacher_args", "teacher_epochs", "teacher_optimizer",
                                       "teacher_lr", "teacher_batch_size", "teacher_mixing", "augment")}
-    key.update(epochs=epochs, limit=limit, seed=seed, images=len(train_data))
+    key.update(epochs=epochs, seed=seed, images=len(train_data))
     path = Path(path) if path is not None else outputs_dir() / f"teacher-{preset.get('preset') or 'custom'}.pt"
-    if path.is_file():
-        try:
-            ckpt = load_checkpoint(path)
-            if (ckpt.get("extra") or {}).get("course_key") == _plain(key):
-                teacher = build_teacher_from(preset)
-                teacher.load_state_dict(ckpt["state_dict"])
-                return teacher.eval(), True
-        except (CheckpointError, ValueError, KeyError, RuntimeError):
-            pass  # unreadable or foreign: train a new one and replace it
-    teacher, history = train_teacher(preset, train_data, epochs=epochs, seed=seed, **fit_kwargs)
-    save_checkpoint(path, teacher, course_key=_plain(key), history=list(history))
-    return teacher, False
+    return _cached(path, key, lambda: build_teacher_from(preset),
+                   lambda: train_teacher(preset, train_data, epochs=epochs, seed=seed, **fit_kwargs), retrain)
+
+
+def cached_student(preset: dict[str, Any], train_data: Any, val_data: Any = None, *, teacher: nn.Module | None,
+                   epochs: int | None = None, seed: int = 0, path: str | os.PathLike | None = None,
+                   retrain: bool = False, **fit_kwargs: Any) -> tuple[nn.Module, list, bool]:
+    """Like :func:`cached_teacher` for the student of :func:`train_student` (default file
+    ``outputs/student-<preset>.pt``). Returns ``(student, history, loaded_from_cache)``."""
+    preset = _check_preset(preset)
+    key = {k: preset.get(k) for k in ("dataset", "model", "model_args", "optimizer", "lr", "batch_size", "mixing",
+                                      "mix_alpha", "warmup_epochs", "distillation", "alpha", "tau", "augment")}
+    key.update(epochs=epochs, seed=seed, images=len(train_data), teacher=type(teacher).__name__ if teacher else None)
+    path = Path(path) if path is not None else outputs_dir() / f"student-{preset.get('preset') or 'custom'}.pt"
+    return _cached(path, key, lambda: build_student_from(preset),
+                   lambda: train_student(preset, train_data, val_data, teacher=teacher, epochs=epochs, seed=seed,
+                                         **fit_kwargs), retrain)
 
 
 def _plain(obj: Any) -> Any:
