@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 __all__ = [
+    "CPU_BUDGET",
     "get_preset",
     "load_data",
     "build_teacher_from",
@@ -36,6 +37,10 @@ __all__ = [
     "cached_teacher",
     "cached_student",
 ]
+
+#: The CPU budget of notebooks 06-09: the ``mnist-quick`` preset on a class-balanced subset of MNIST (the
+#: full preset trains on all 60,000 images: ``titn-edu train --preset mnist-quick``).
+CPU_BUDGET: dict[str, int] = {"limit": 10_000, "test_limit": 2_000}
 
 _REQUIRED = ("dataset", "model", "epochs", "optimizer", "batch_size", "mixing", "alpha", "distillation")
 
