@@ -76,7 +76,10 @@ def model_spec(model: nn.Module) -> dict[str, Any] | None:
     if isinstance(model, TITN):
         return {"builder": "titn", "kwargs": _plain(dict(model.config), "model.config")}
     if isinstance(config, dict) and isinstance(config.get("name"), str):
-        return {"builder": "teacher", "kwargs": _plain(dict(config), "model.config")}
+        try:
+            return {"builder": "teacher", "kwargs": _plain(dict(config), "model.config")}
+        except TypeError:  # e.g. a torchvision kwarg holding a class: cannot be stored safely
+            return None
     return None
 
 

@@ -46,6 +46,7 @@ from .checkpoint import _unwrap, load_checkpoint, model_spec, save_checkpoint
 from .losses import TITNLoss
 from .metrics import _topk_hits, confusion_matrix, count_flops, precision_recall_f1
 from .model import count_parameters
+from .teachers import freeze
 from .utils import resolve_device, save_json, seed_everything, set_rng_state
 
 __all__ = ["fit", "evaluate", "History", "LivePlot", "OPTIMIZER_PRESETS", "build_optimizer", "warmup_cosine"]
@@ -427,12 +428,6 @@ def _check_number(name: str, value: Any, *, positive: bool = False) -> float:
     return float(value)
 
 
-def _freeze(teacher: nn.Module) -> nn.Module:
-    teacher.eval()
-    teacher.requires_grad_(False)
-    return teacher
-
-
 def _resume_path(resume: str | os.PathLike) -> Path:
     path = Path(resume).expanduser()
     if path.is_dir():
@@ -473,6 +468,7 @@ def fit(
     compile: bool = False,
     num_workers: int = 0,
     eval_batch_size: int | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return its :class:`History`.
 
@@ -505,6 +501,9 @@ def fit(
         live_plot: ``True`` or a :class:`LivePlot` to draw losses/accuracies after every epoch.
         callbacks: functions called with each epoch's record after it is saved; one returning
             ``True`` stops training (status ``"stopped"``).
+        amp, compile, num_workers, eval_batch_size: speed options (see ``device``); DataLoader
+            workers; batch size of the validation pass.
+        run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
 
     Each record holds ``epoch``, ``lr``, ``seconds``, ``train_loss``, ``train_class_loss``,
     ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the dominant label
@@ -547,7 +546,7 @@ def fit(
     dev = resolve_device(device)
     model.to(dev)
     if teacher is not None:
-        _freeze(teacher).to(dev)
+        freeze(teacher).to(dev)
         s_classes, t_classes = _num_classes(model), _num_classes(teacher)
         if s_classes is not None and t_classes is not None and s_classes != t_classes:
             raise ValueError(
@@ -650,7 +649,8 @@ def fit(
             return
         state = dict(optimizer=opt, scheduler=sched if hasattr(sched, "state_dict") else None,
                      epoch=record["epoch"], metrics=record, history=list(history),
-                     best={"key": monitor, "mode": mode, "value": best_value}, fit_config=fit_config)
+                     best={"key": monitor, "mode": mode, "value": best_value}, fit_config=fit_config,
+                     run_info=dict(run_info or {}))
         save_checkpoint(out / "last.pt", model, **state)
         if best:
             save_checkpoint(out / "best.pt", model, **state)
