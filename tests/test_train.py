@@ -73,9 +73,9 @@ def test_a_few_steps_on_mnist_reduce_the_loss():
     seed_everything(0)
     model = tiny_student(num_classes=10, outer_dim=32)
     start = evaluate(model, data, device="cpu")["loss"]
-    history = fit(model, data, epochs=3, mixing=None, batch_size=20, lr=3e-3, progress=False, device="cpu")
+    history = fit(model, data, epochs=5, mixing=None, batch_size=20, lr=3e-3, progress=False, device="cpu")
     end = evaluate(model, data, device="cpu")["loss"]
-    assert end < start - 0.2, (start, end)
+    assert end < start - 0.3, (start, end)  # from ln(10) = 2.30 (chance)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 

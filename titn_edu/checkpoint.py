@@ -153,6 +153,10 @@ def save_checkpoint(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0):
+        raise ValueError(f"epoch must be a whole number >= 0 (epochs completed) or None; got {epoch!r}.")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict of plain values (or None); got {type(metrics).__name__}.")
     spec = model_spec(model)
     if spec is None:
         warnings.warn(
@@ -243,8 +247,16 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
             f"{str(path)!r} does not record how to rebuild its {ckpt.get('model_class', 'model')}; build the "
             f"model yourself and call model.load_state_dict(load_checkpoint(path)['state_dict'])."
         )
-    model = build_from_spec(spec)
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = build_from_spec(spec)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise CheckpointError(
+            f"{str(path)!r} cannot be rebuilt: its model description or weights do not fit this titn_edu "
+            f"({type(err).__name__}: {detail}). Was it saved by another version or edited?"
+        ) from None
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval()

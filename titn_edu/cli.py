@@ -52,11 +52,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # distillation, AdamW; no per-image augmentation or CutMix (they slow short runs down).
     "mnist-quick": dict(
         dataset="mnist", model="titn-tiny",
-        model_args=dict(patch_size=16, pixel_size=4, outer_dim=96, inner_dim=16, depth=3, outer_heads=3,
+        model_args=dict(patch_size=16, pixel_size=4, outer_dim=96, inner_dim=16, depth=2, outer_heads=3,
                         inner_heads=2, mlp_ratio=2.0),
-        teacher="cnn-small", teacher_args=dict(width=16), teacher_epochs=1, teacher_optimizer="adamw",
+        teacher="cnn-small", teacher_args=dict(width=8), teacher_epochs=1, teacher_optimizer="adamw",
         teacher_lr=3e-3, teacher_batch_size=64, teacher_mixing="none", teacher_limit=None,
-        epochs=2, optimizer="adamw", lr=3e-3, batch_size=128, warmup_epochs=0.05, mixing="none", mix_alpha=0.5,
+        epochs=4, optimizer="adamw", lr=3e-3, batch_size=128, warmup_epochs=0.05, mixing="none", mix_alpha=0.5,
         distillation="hard", alpha=0.5, tau=1.0, augment=False, preload=True, val_size=0,
     ),
 }
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--num-workers", type=_int_at_least(0, "--num-workers"), default=0, help="DataLoader workers")
     tr.add_argument("--compile", action="store_true", help="torch.compile the student (CUDA)")
     tr.add_argument("--data-root", help="data folder (default: $TITN_EDU_DATA, else the per-user cache)")
+    tr.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                    help="download missing data (default: only when not found locally)")
     tr.add_argument("--output", help="run folder for checkpoints, histories and metrics.json")
     tr.add_argument("--resume", help="continue the run in this folder (teacher and student)")
     tr.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, help="random seed (default 0)")
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", type=_device, default="auto")
     ev.add_argument("--threads", type=_threads, default="auto")
     ev.add_argument("--data-root", help="data folder (default: $TITN_EDU_DATA, else the per-user cache)")
+    ev.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                    help="download missing data (default: only when not found locally)")
     ev.add_argument("--output", help="write metrics.json into this folder")
 
     # --- data
@@ -317,13 +321,14 @@ def _preload(dataset: Any, transform: Any, chunk: int = 4096) -> torch.utils.dat
     return torch.utils.data.TensorDataset(torch.cat(parts), dataset.targets.clone())
 
 
-def _datasets(s: dict[str, Any], root: str | None) -> tuple[Any, Any, Any]:
+def _datasets(s: dict[str, Any], root: str | None, download: bool | None) -> tuple[Any, Any, Any]:
     """(train, val or None, test) for the settings ``s``."""
     from .data import get_dataset, get_transforms
 
     name = s["dataset"]
-    full = get_dataset(name, train=True, root=root, transform="raw")
-    test = get_dataset(name, train=False, root=root, transform="raw", limit=s.get("test_limit"), seed=s["seed"])
+    full = get_dataset(name, train=True, root=root, download=download, transform="raw")
+    test = get_dataset(name, train=False, root=root, download=download, transform="raw", limit=s.get("test_limit"),
+                       seed=s["seed"])
     train_idx, val_idx = _split_indices(full.targets, s["val_size"], s.get("limit"), s["seed"])
     if len(train_idx) == 0:
         raise ValueError("no training images left; lower --val-size or raise --limit.")
@@ -394,7 +399,6 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error("train needs --output DIR (where checkpoints and metrics.json go)")
     teacher_kind, teacher_ref = _resolve_teacher(s["teacher"], parser)
     out = Path(args.output).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     threads = _set_threads(args.threads, device)
     seed_everything(s["seed"])
@@ -410,6 +414,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             teacher = build_teacher(teacher_ref, num_classes=num_classes, in_chans=in_chans, **s["teacher_args"])
         except (TypeError, ValueError) as err:
             parser.error(f"cannot build the teacher {teacher_ref!r}: {err}")
+    out.mkdir(parents=True, exist_ok=True)
 
     record: dict[str, Any] = {"config": dict(s, output=str(out), device=str(device), threads=threads),
                               "versions": {"titn_edu": __version__, "torch": str(torch.__version__),
@@ -417,7 +422,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                               "status": "running"}
     save_json(out / "metrics.json", record)  # the settings are on disk from the start (for --resume)
 
-    train, val, test = _datasets(s, args.data_root)
+    train, val, test = _datasets(s, args.data_root, args.download)
     _say(f"{name}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test images; "
          f"device {device}, {threads} thread(s)")
     common = dict(device=device, progress=args.progress, num_workers=args.num_workers)
@@ -512,8 +517,8 @@ def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--dataset is required: the checkpoint does not say which dataset it was trained on")
     device = resolve_device(args.device)
     threads = _set_threads(args.threads, device)
-    data = get_dataset(dataset, train=args.split == "train", root=args.data_root, limit=args.limit,
-                       transform=get_transforms(dataset, train=False))
+    data = get_dataset(dataset, train=args.split == "train", root=args.data_root, download=args.download,
+                       limit=args.limit, transform=get_transforms(dataset, train=False))
     result = evaluate(model, data, batch_size=args.batch_size, device=device)
     row = _metrics_row(result)
     _say(_summary(f"{Path(args.checkpoint).name} on {dataset} {args.split} ({result['num_samples']} images)", row))

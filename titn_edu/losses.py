@@ -72,6 +72,14 @@ def _check_targets(targets: Tensor, batch: int, num_classes: int) -> None:
             )
         if not targets.is_floating_point():
             raise ValueError(f"soft targets (B, C) must be floating-point probabilities; got dtype {targets.dtype}.")
+        sums = targets.detach().sum(dim=-1)
+        ok = ((sums - 1).abs() <= 1e-3).all() & (targets.detach() >= 0).all()  # NaN fails too; one sync
+        if not bool(ok):
+            raise ValueError(
+                "soft targets (B, C) must be probabilities: finite, >= 0, each row summing to 1; got row sums "
+                f"in [{sums.min().item():.4g}, {sums.max().item():.4g}]. Pass class indices (B,) or normalise "
+                "the rows (e.g. targets / targets.sum(-1, keepdim=True))."
+            )
         return
     _check_labels("targets", targets, batch, num_classes)
 

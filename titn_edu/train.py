@@ -59,6 +59,7 @@ OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
     "adamw": dict(optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05, batch_size=128, warmup_epochs=None),
 }
 _ALIASES = {"sgd": "paper"}
+_MIXINGS = ("cutmix", "mixup", "cutmix_or_mixup", "none")
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "pixel_pos")
 
 
@@ -329,31 +330,38 @@ class _GracefulInterrupt:
 @torch.no_grad()
 def _predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool | str, progress: bool,
              desc: str = "eval") -> tuple[Tensor, Tensor, float]:
-    """Predicted classes, true labels (CPU) and the top-5 hit count; plus the summed CE loss."""
-    preds, labels_all, top5, loss_sum = [], [], 0, 0.0
+    """Predicted classes and true labels (CPU); the top-5 hit count, summed CE loss and one image's shape."""
+    preds, labels_all, top5, loss_sum, shape = [], [], 0, 0.0, None
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         images, labels = _unpack(batch)
+        shape = tuple(images.shape[1:])
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits, _ = _split_output(model(images))
         logits = logits.float()
+        if labels.dim() != 1 or labels.shape[0] != logits.shape[0] or labels.is_floating_point():
+            raise ValueError(f"evaluation labels must be class indices (batch,) = ({logits.shape[0]},); "
+                             f"got {labels.dtype} {tuple(labels.shape)}.")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+            raise ValueError(f"evaluation labels lie in [{int(labels.min())}, {int(labels.max())}] but the model "
+                             f"predicts {logits.shape[1]} classes: check the dataset and the model's num_classes.")
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top5 += int(_topk_hits(logits, labels, (5,))[0])
         preds.append(logits.argmax(dim=-1).cpu())
         labels_all.append(labels.cpu())
-    return torch.cat(preds), torch.cat(labels_all), (top5, loss_sum)
+    if not preds:
+        raise ValueError("the evaluation data are empty.")
+    return torch.cat(preds), torch.cat(labels_all), (top5, loss_sum, shape)
 
 
 def _eval_summary(model, loader, device, amp, progress, desc="eval") -> dict[str, Any]:
     was_training = model.training
     model.eval()
     try:
-        preds, labels, (top5, loss_sum) = _predict(model, loader, device, amp, progress, desc)
+        preds, labels, (top5, loss_sum, shape) = _predict(model, loader, device, amp, progress, desc)
     finally:
         model.train(was_training)
     n = labels.numel()
-    if n == 0:
-        raise ValueError("the evaluation data are empty.")
     return {
         "loss": loss_sum / n,
         "top1": 100.0 * (preds == labels).sum().item() / n,
@@ -361,6 +369,7 @@ def _eval_summary(model, loader, device, amp, progress, desc="eval") -> dict[str
         "preds": preds,
         "labels": labels,
         "num_samples": n,
+        "input_shape": shape,
     }
 
 
@@ -386,6 +395,8 @@ def evaluate(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     _check_positive_int("batch_size", batch_size)
+    if num_classes is not None:
+        _check_positive_int("num_classes", num_classes)
     dev = resolve_device(device)
     model.to(dev)
     loader = _loader(_as_dataset(data, "data"), batch_size=batch_size, train=False, num_workers=num_workers,
@@ -396,7 +407,6 @@ def evaluate(
     classes = num_classes or _num_classes(model) or int(max(summary["preds"].max(), summary["labels"].max())) + 1
     cm = confusion_matrix(summary["preds"], summary["labels"], classes)
     precision, recall, f1 = precision_recall_f1(cm)
-    images, _ = _unpack(next(iter(loader)))
     return {
         "top1": summary["top1"],
         "top5": summary["top5"],
@@ -406,7 +416,7 @@ def evaluate(
         "loss": summary["loss"],
         "confusion_matrix": cm.tolist(),
         "params": count_parameters(model),
-        "gflops": count_flops(model, tuple(images.shape[1:])),
+        "gflops": count_flops(model, summary["input_shape"]),
         "num_samples": summary["num_samples"],
         "num_classes": classes,
         "seconds": seconds,
@@ -505,7 +515,8 @@ def fit(
             workers; batch size of the validation pass.
         run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
 
-    Each record holds ``epoch``, ``lr``, ``seconds``, ``train_loss``, ``train_class_loss``,
+    Training leaves the model in ``eval()`` mode (a TITN then returns the mean of its two heads).
+    Each record holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``, ``train_loss``, ``train_class_loss``,
     ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the dominant label
     of each mixed target), ``teacher_agreement`` (% of training images where the distillation
     head picks the teacher's class) and, with ``val_data``, ``val_loss``, ``val_top1``, ``val_top5``.
@@ -540,6 +551,12 @@ def fit(
     callbacks = list(callbacks)
     if not all(callable(c) for c in callbacks):
         raise TypeError("callbacks must be callables taking an epoch record.")
+    if isinstance(scheduler, str) and scheduler.lower() not in ("cosine", "constant"):
+        raise ValueError(f"unknown scheduler {scheduler!r}; use 'cosine', 'constant', None or an LR scheduler object.")
+    if isinstance(mixing, str) and mixing.lower() not in _MIXINGS:
+        raise ValueError(f"unknown mixing {mixing!r}; use one of {list(_MIXINGS)}, None or a callable.")
+    if warmup_epochs is not None:
+        _check_number("warmup_epochs", warmup_epochs)
     if seed is not None:
         seed_everything(seed)
 
@@ -586,14 +603,11 @@ def fit(
     total_steps = epochs * steps_per_epoch
     if warmup_epochs is None:
         warmup_epochs = preset["warmup_epochs"] if preset["warmup_epochs"] is not None else min(5.0, 0.1 * epochs)
-    _check_number("warmup_epochs", warmup_epochs)
     warmup_steps = min(total_steps, round(warmup_epochs * steps_per_epoch))
     if scheduler is None or (isinstance(scheduler, str) and scheduler.lower() == "constant"):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_steps, 1.0))
-    elif isinstance(scheduler, str) and scheduler.lower() == "cosine":
+    elif isinstance(scheduler, str):  # "cosine"
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_steps, float(min_lr_ratio)))
-    elif isinstance(scheduler, str):
-        raise ValueError(f"unknown scheduler {scheduler!r}; use 'cosine', 'constant', None or an LR scheduler object.")
     else:
         sched = scheduler
 
@@ -720,13 +734,13 @@ def fit(
                             f"{last}; best.pt is untouched."
                         ))
                         break
+                    lr_used = opt.param_groups[0]["lr"]
                     opt.zero_grad(set_to_none=True)
                     total.backward()
                     if grad_clip is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     opt.step()
-                    if sched is not None:
-                        sched.step()
+                    sched.step()
                     first_step = False
 
                     n = labels.shape[0]
@@ -758,7 +772,7 @@ def fit(
                 top1, top5, agree, agree_n = counts.tolist()
                 record: dict[str, Any] = {
                     "epoch": epoch + 1,
-                    "lr": opt.param_groups[0]["lr"],
+                    "lr": lr_used,
                     "train_loss": sums["loss"] / seen,
                     "train_class_loss": sums["class"] / seen if class_loss is not None else None,
                     "train_distill_loss": sums["distill"] / seen if has_distill else None,

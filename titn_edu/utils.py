@@ -14,7 +14,7 @@ import json
 import math
 import os
 import random
-import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,11 +112,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes |
     ``write`` is the content (``bytes``/``str``) or a function that writes into a binary file
     object. The data go to a temporary file in the same folder, are flushed and fsync'ed, then
     ``os.replace`` swaps the file in. On any error the temporary file is removed and the old
-    file is untouched.
+    file is untouched. A process killed mid-write (SIGKILL, power loss) cannot clean up: its
+    temporary file ``.NAME.PID.*.tmp`` is removed by the next write of ``path``.
     """
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(f"cannot write {str(path)!r}: {str(path.parent)!r} is a file, not a folder.")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder; give a file name such as {str(path / 'last.pt')!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    # A killed writer cannot clean up after itself: its temporary file (named after its PID) is
+    # removed by the next write of the same path, above.
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, str):
@@ -145,6 +154,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes |
     finally:
         os.close(dir_fd)
     return path
+
+
+def _temp_name(path: Path) -> str:
+    """``.NAME.PID.RANDOM.tmp`` beside ``path`` (the PID lets a later write spot leftovers of dead writers)."""
+    return str(path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"))
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete ``path``'s temporary files left by writers that no longer run (e.g. killed mid-save)."""
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        parts = stale.name[len(path.name) + 2:].split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        pid = int(parts[0])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)  # no error: that writer still runs (and may be writing right now)
+            continue
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            stale.unlink()
+        except OSError:
+            pass
 
 
 def to_jsonable(obj: Any) -> Any:
