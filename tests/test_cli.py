@@ -86,6 +86,7 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
         ["train", "--dataset", "mnist", "--lr", "nan", "--output", "x"],
         ["train", "--dataset", "mnist", "--batch-size", "0", "--output", "x"],
         ["train", "--dataset", "mnist", "--alpha", "1.5", "--output", "x"],
+        ["train", "--dataset", "mnist", "--warmup-epochs", "-1", "--output", "x"],
         ["train", "--dataset", "mnist", "--model-arg", "depth", "--output", "x"],
         ["train", "--dataset", "mnist", "--teacher", "no-such-teacher-or-file", "--output", "x"],
         ["train", "--dataset", "mnist", "--device", "quantum", "--output", "x"],

@@ -97,6 +97,19 @@ def _positive_float(what: str):
     return parse
 
 
+def _non_negative_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number; got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number >= 0; got {text}")
+        return value
+
+    return parse
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -161,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="student batch size")
     tr.add_argument("--lr", type=_positive_float("--lr"), help="student peak learning rate")
     tr.add_argument("--optimizer", choices=["paper", "sgd", "adamw"], help="optimisation preset (paper = sgd)")
-    tr.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs")
+    tr.add_argument("--warmup-epochs", type=_non_negative_float("--warmup-epochs"), help="linear warm-up length in epochs")
     tr.add_argument("--mixing", choices=["cutmix", "mixup", "cutmix_or_mixup", "none"], help="batch mixing")
     tr.add_argument("--distillation", choices=["hard", "soft"], help="distillation loss (hard = eq. 10)")
     tr.add_argument("--alpha", type=_fraction, help="weight of the label term in eq. 10 (0..1)")
@@ -268,8 +281,6 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
     settings["teacher_args"] = dict(settings.get("teacher_args") or {}, **dict(args.teacher_args))
     settings["preset"] = settings.get("preset") if resumed is not None else args.preset
     settings["seed"] = args.seed
-    if settings.get("warmup_epochs") is not None and settings["warmup_epochs"] < 0:
-        parser.error(f"--warmup-epochs must be >= 0; got {settings['warmup_epochs']}")
     return settings
 
 
