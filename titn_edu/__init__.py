@@ -73,3 +73,6 @@ __all__ = [
     "viz",
     "checks",
 ]
+from . import course  # noqa: E402  (course part II: preset-driven training helpers for notebooks 06-10)
+
+__all__ += ["course"]
