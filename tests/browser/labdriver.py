@@ -722,7 +722,10 @@ class LabDriver:
             for out in cell["outputs"]:
                 if out["mime"] == "application/vnd.jupyter.stderr" and out["type"] == "stream":
                     report.stderr_outputs += 1
-                if out["widgetView"] and not out["widgetRendered"]:
+                # A widget the kernel closed (e.g. a tqdm bar with leave=False) leaves an empty output:
+                # that is what the student sees, not a failure. A view that failed to render shows
+                # JupyterLab's "Error displaying widget" text, or the widget's plain-text fallback.
+                if out["widgetView"] and not out["widgetRendered"] and out["text"].strip():
                     report.problems.append(
                         f"cell {cell['index']} has a widget that did not render; the page shows {out['text']!r}"
                     )
