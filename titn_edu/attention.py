@@ -99,14 +99,21 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, dim) -> (B, T, dim)``."""
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-        if self.fused and self._recorder is None:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"MultiHeadAttention expects tokens of shape (B, T, {self.dim}); got {tuple(x.shape)}.")
+        qkv = self.qkv(x)  # (B, T, 3·dim), laid out as (three, head, d) along the last axis
+        if not self.fused or self._recorder is not None:
+            # Reference path: eq. 1 written out, weights materialised (and recorded if asked).
+            q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
             out, weights = scaled_dot_product_attention(q, k, v)
             if self._recorder is not None:
                 self._recorder(weights)
-        return self.proj(rearrange(out, "b h t d -> b t (h d)"))
+            return self.proj(rearrange(out, "b h t d -> b t (h d)"))
+        # Fused kernel. Splitting along the last axis (rather than unbinding a permuted
+        # (three, b, h, t, d) view) lets the backward pass write the gradient of qkv with one
+        # concatenation instead of a stack followed by a permuted copy.
+        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.num_heads) for t in qkv.chunk(3, dim=-1))
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)"))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, fused={self.fused}"
