@@ -12,10 +12,16 @@ from .capture import AttentionMaps, capture_attention
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
 from .layers import DropPath, Mlp
 from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models
+from . import data, teachers
+from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
+from .teachers import build_teacher, freeze, list_teachers
+from . import results
+from . import checks, viz
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "results",
     "attention",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
@@ -35,5 +41,19 @@ __all__ = [
     "count_parameters",
     "capture_attention",
     "AttentionMaps",
+    "data",
+    "DATASETS",
+    "ImageArrayDataset",
+    "get_dataset",
+    "get_transforms",
+    "batch_mixer",
+    "export_dataset",
+    "make_loader",
+    "teachers",
+    "build_teacher",
+    "list_teachers",
+    "freeze",
     "__version__",
+    "viz",
+    "checks",
 ]
