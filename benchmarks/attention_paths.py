@@ -10,7 +10,10 @@ batch ``B`` (the paper's 32×32 configuration): inner ``(16·B, 16 tokens, 2 hea
 * ``unbind``: ``rearrange(qkv, "b t (three h d) -> three b h t d")`` + fused SDPA (the first version);
 * ``split``: q, k, v split along the feature axis, then fused SDPA (``MultiHeadAttention`` on GPU
   and for the outer stream on CPU);
-* ``packed``: all heads in one pair of batched matmuls (``MultiHeadAttention`` for small heads on CPU);
+* ``per_head``: two batched matmuls per head on strided views of ``qkv`` (``MultiHeadAttention``
+  for small heads on CPU);
+* ``packed``: all heads in one pair of batched matmuls, other heads' features masked out (not
+  used: it is faster still for tiny heads, but multiplies by zeros, so FLOP counts would grow);
 * ``explicit``: eq. 1 with the weights materialised (``fused=False``, the reference).
 
 Times are per call, min and median over ``--reps`` interleaved repetitions; with one thread they
@@ -32,7 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from einops import rearrange  # noqa: E402
 
-from titn_edu.attention import _packed_heads_attention, scaled_dot_product_attention  # noqa: E402
+from titn_edu.attention import _attention_per_head, scaled_dot_product_attention  # noqa: E402
 
 
 def unbind(qkv, h):
@@ -45,8 +48,22 @@ def split(qkv, h):
     return rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)")
 
 
+def per_head(qkv, h):
+    return _attention_per_head(qkv, h)
+
+
 def packed(qkv, h):
-    return _packed_heads_attention(qkv, h)
+    """All heads in one pair of batched matmuls (queries repeated per head, other heads masked out).
+
+    Fast for tiny heads, but it multiplies by zeros: FlopCounterMode counts h-fold attention FLOPs.
+    """
+    b, t, three_dim = qkv.shape
+    dim = three_dim // 3
+    d = dim // h
+    q, k, v = qkv.split(dim, dim=-1)
+    mask = torch.kron(torch.eye(h), torch.ones(t, d)).view(h, t, dim)
+    weights = torch.bmm((q.unsqueeze(1) * (mask * d**-0.5)).view(b, h * t, dim), k.transpose(1, 2)).softmax(-1)
+    return (torch.bmm(weights, v).view(b, h, t, dim) * mask).sum(dim=1)
 
 
 def explicit(qkv, h):
@@ -54,7 +71,7 @@ def explicit(qkv, h):
     return rearrange(scaled_dot_product_attention(q, k, v)[0], "b h t d -> b t (h d)")
 
 
-PATHS = {"unbind": unbind, "split": split, "packed": packed, "explicit": explicit}
+PATHS = {"unbind": unbind, "split": split, "per_head": per_head, "packed": packed, "explicit": explicit}
 
 
 def main() -> None:
