@@ -8,10 +8,10 @@ batch ``B`` (the paper's 32×32 configuration): inner ``(16·B, 16 tokens, 2 hea
 ``(B, 18 tokens, 3 heads × 64)``. Paths:
 
 * ``unbind``: ``rearrange(qkv, "b t (three h d) -> three b h t d")`` + fused SDPA (the first version);
-* ``split``: q, k, v split along the feature axis, then fused SDPA (``MultiHeadAttention`` on GPU
-  and for the outer stream on CPU);
+* ``split``: q, k, v split along the feature axis, then fused SDPA (``MultiHeadAttention`` on GPU,
+  and on CPU for heads of more than 16 features, e.g. the outer stream);
 * ``per_head``: two batched matmuls per head on strided views of ``qkv`` (``MultiHeadAttention``
-  for small heads on CPU);
+  on CPU for heads of at most 16 features over at most 256 tokens: the inner stream);
 * ``packed``: all heads in one pair of batched matmuls, other heads' features masked out (not
   used: it is faster still for tiny heads, but multiplies by zeros, so FLOP counts would grow);
 * ``explicit``: eq. 1 with the weights materialised (``fused=False``, the reference).

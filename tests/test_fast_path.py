@@ -157,7 +157,11 @@ def test_model_equals_plain_reference(name, training):
 
 
 # --------------------------------------------------------------------- attention unit
-@pytest.mark.parametrize("shape,heads", [((2, 16, 12), 2), ((3, 18, 64), 4), ((1, 1, 8), 1), ((4, 5, 6), 3)])
+@pytest.mark.parametrize(
+    "shape,heads",
+    [((2, 16, 12), 2), ((3, 18, 64), 4), ((1, 1, 8), 1), ((4, 5, 6), 3),  # small heads: per-head matmuls on CPU
+     ((2, 18, 192), 3), ((1, 300, 12), 2)],  # larger heads or long sequences: the fused kernel
+)
 def test_multi_head_attention_paths_agree_with_gradients(shape, heads):
     torch.manual_seed(0)
     mha = MultiHeadAttention(shape[-1], heads)

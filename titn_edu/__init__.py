@@ -17,6 +17,7 @@ from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_
 from .teachers import build_teacher, freeze, list_teachers
 from . import results
 from . import checks, viz
+from . import bench
 
 __version__ = "0.1.0"
 
@@ -56,4 +57,5 @@ __all__ = [
     "__version__",
     "viz",
     "checks",
+    "bench",
 ]

@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -222,6 +221,8 @@ def _rss_kib(field: str) -> int | None:
 
 
 def _maxrss_bytes() -> int:
+    import resource  # Unix only; imported here so that the module imports everywhere
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
