@@ -180,7 +180,7 @@ def test_multi_head_attention_paths_agree_with_gradients(shape, heads):
 
 def test_multi_head_attention_rejects_wrong_shape():
     mha = MultiHeadAttention(12, 2)
-    with pytest.raises(ValueError, match=r"\(B, T, 12\)"):
+    with pytest.raises(ValueError, match=r"\(batch, tokens, 12\)"):
         mha(torch.randn(2, 16, 8))
     with pytest.raises(ValueError, match="shape"):
         mha(torch.randn(16, 12))

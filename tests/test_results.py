@@ -53,3 +53,28 @@ def test_readme_table_is_up_to_date():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("<!-- reproduction:start -->\n", 1)[1].split("<!-- reproduction:end -->", 1)[0]
     assert section == printed, "README is stale: run python scripts/reproduction_table.py --write"
+
+
+def test_reproduction_script_runs_in_slices_on_cpu(tmp_path):
+    """The GPU reproduction path, at a tiny CPU budget: a slice cut short, a resumed slice, run records."""
+    pytest.importorskip("torchvision")
+    from titn_edu.data import get_dataset
+
+    try:
+        get_dataset("cifar10", train=False, limit=10, download=False)
+    except FileNotFoundError:
+        pytest.skip("CIFAR-10 is not available offline (set TITN_EDU_DATA)")
+    script = [sys.executable, str(ROOT / "scripts" / "reproduce_cifar10.py"), "--output", str(tmp_path / "run"),
+              "--tiny", "--record", "--results", str(tmp_path / "results")]
+    smaller = ["--", "--limit", "300", "--test-limit", "100", "--val-size", "50", "--no-progress"]
+    first = subprocess.run(script + ["--budget", "2"] + smaller, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "paused" in first.stdout or "status: completed" in first.stdout
+    second = subprocess.run(script + smaller, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "status: completed" in second.stdout
+    records = load_results(tmp_path / "results")
+    assert {r["role"] for r in records} == {"teacher", "student"}
+    student = next(r for r in records if r["role"] == "student")
+    assert 0 <= student["test_top1"] <= 100 and student["params"] > 0 and student["train_images_per_second"] > 0
+    assert "reproduce_cifar10.py" in student["command"]

@@ -15,6 +15,11 @@ from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_mode
 from . import data, teachers
 from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
 from .teachers import build_teacher, freeze, list_teachers
+from . import losses, metrics, train
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .losses import TITNLoss, cutmix_cross_entropy
+from .train import evaluate, fit
+from .utils import seed_everything
 from . import results
 from . import checks, viz
 from . import bench
@@ -55,7 +60,21 @@ __all__ = [
     "list_teachers",
     "freeze",
     "__version__",
+    "losses",
+    "metrics",
+    "train",
+    "TITNLoss",
+    "cutmix_cross_entropy",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "seed_everything",
+    "fit",
+    "evaluate",
     "viz",
     "checks",
     "bench",
 ]
+from . import course  # noqa: E402  (course part II: preset-driven training helpers for notebooks 06-10)
+
+__all__ += ["course"]

@@ -41,6 +41,13 @@ def scaled_dot_product_attention(
         ``(output, weights)``: output ``(..., L, d_v)`` and the softmax weights ``(..., L, S)``,
         whose rows sum to 1.
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (..., tokens, features); got {type(t).__name__}.")
+        if not t.is_floating_point():
+            raise ValueError(
+                f"{name} must be floating point; got dtype {t.dtype}. Convert it with {name}.float()."
+            )
     if q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
         raise ValueError(
             f"q, k and v need at least 2 dimensions (..., tokens, features); got shapes "
@@ -56,6 +63,17 @@ def scaled_dot_product_attention(
             f"keys and values must have the same number of tokens; got k {tuple(k.shape)} and "
             f"v {tuple(v.shape)}."
         )
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a boolean tensor (True = may attend); got {got}. Use mask.bool().")
+        try:
+            torch.broadcast_shapes(mask.shape, (*q.shape[:-1], k.shape[-2]))
+        except RuntimeError:
+            raise ValueError(
+                f"mask {tuple(mask.shape)} does not broadcast to the attention scores "
+                f"(..., L, S) = {(*q.shape[:-1], k.shape[-2])}."
+            ) from None
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., L, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -128,8 +146,14 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, dim) -> (B, T, dim)``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"MultiHeadAttention expects a torch.Tensor of tokens; got {type(x).__name__}.")
         if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"MultiHeadAttention expects tokens of shape (B, T, {self.dim}); got {tuple(x.shape)}.")
+            got = tuple(x.shape)
+            raise ValueError(
+                f"MultiHeadAttention(dim={self.dim}) expects tokens of shape (batch, tokens, {self.dim}); "
+                f"got {got}. Add a batch axis with x.unsqueeze(0), or build it with dim=x.shape[-1]."
+            )
         qkv = self.qkv(x)  # (B, T, 3·dim), laid out as (three, head, d) along the last axis
         if not self.fused or self._recorder is not None:
             # Reference path: eq. 1 written out, weights materialised (and recorded if asked).

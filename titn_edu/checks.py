@@ -749,3 +749,178 @@ def block_parameters(student_fn: Callable) -> None:
             _fail(check, i, total, desc, f"you counted {got:,}; the block has {want:,} ({detail}).",
                   "a Linear(a, b) has a·b + b parameters, a LayerNorm(d) has 2·d; the attention has qkv (no bias) and proj.")
     _passed(check, total, reference)
+
+
+# ----------------------------------------------------------------- part II: loss, CutMix, rollout
+__all__ += ["titn_loss", "cutmix_box", "attention_rollout"]
+
+
+def _scalar_difference(got: Any, want: Tensor, name: str) -> str | None:
+    if isinstance(got, (int, float)) and not isinstance(got, bool):
+        got = torch.tensor(float(got))
+    if not isinstance(got, Tensor) or got.numel() != 1:
+        return f"{name} should be a scalar tensor (a batch mean); got {_shape(got)}."
+    return _difference(got.reshape(()), want.reshape(()), name)
+
+
+@_keeps_global_rng
+def titn_loss(student_fn: Callable) -> None:
+    r"""Check eq. 10 against :class:`titn_edu.losses.TITNLoss` (hard distillation).
+
+    ``student_fn(class_logits, distill_logits, targets, teacher_logits, alpha)`` with logits ``(B, C)``,
+    ``targets`` the CutMix soft labels ``(B, C)`` (rows sum to 1) and ``alpha`` a float returns the scalar
+    :math:`\alpha\,\mathrm{CE}(t_c, y) + (1-\alpha)\,\mathrm{CE}(t_d, \arg\max T)` (batch means).
+    """
+    from .losses import TITNLoss
+
+    _require_callable("titn_loss", student_fn, "a function (class_logits, distill_logits, targets, teacher_logits, alpha) -> scalar")
+    check, reference = "titn_loss", "titn_edu.losses.TITNLoss(alpha=alpha) (eq. 10, hard distillation)"
+    configs = [(4, 10, 0.5), (8, 5, 0.3), (3, 100, 0.9), (6, 10, 0.0)]
+    total = len(configs)
+    for i, (batch, classes, alpha) in enumerate(configs):
+        g = _gen(200 + i)
+        cls, dist = 2 * torch.randn(batch, classes, generator=g), 2 * torch.randn(batch, classes, generator=g)
+        teacher = 3 * torch.randn(batch, classes, generator=g)
+        y_a, y_b = torch.randint(classes, (batch,), generator=g), torch.randint(classes, (batch,), generator=g)
+        lam = torch.rand(batch, 1, generator=g)
+        targets = lam * F.one_hot(y_a, classes) + (1 - lam) * F.one_hot(y_b, classes)
+        desc = f"batch {batch}, {classes} classes, alpha={alpha}"
+        want = TITNLoss(alpha=alpha)(cls, dist, targets, teacher)
+        inputs = dict(class_logits=cls.clone(), distill_logits=dist.clone(), targets=targets.clone(),
+                      teacher_logits=teacher.clone())
+        got = _call(check, i, total, desc, student_fn, *inputs.values(), alpha)
+        _unchanged(check, i, total, desc, inputs, dict(class_logits=cls, distill_logits=dist, targets=targets,
+                                                      teacher_logits=teacher))
+        problem = _scalar_difference(got, want, "the loss")
+        if problem:
+            ce_cls = F.cross_entropy(cls, targets)
+            hard_t = teacher.argmax(-1)
+            variants = [
+                ((1 - alpha) * ce_cls + alpha * F.cross_entropy(dist, hard_t),
+                 "alpha weights the label (class-head) term, 1 - alpha the teacher term."),
+                (alpha * ce_cls + (1 - alpha) * F.cross_entropy(dist, teacher.softmax(-1)),
+                 "hard distillation uses the teacher's predicted class, argmax of its logits, not its probabilities."),
+                (alpha * ce_cls + (1 - alpha) * F.kl_div(dist.log_softmax(-1), teacher.log_softmax(-1),
+                                                         reduction="batchmean", log_target=True),
+                 "that is soft distillation (KL); eq. 10 uses cross-entropy with the teacher's hard label."),
+                (alpha * F.cross_entropy(cls, targets.argmax(-1)) + (1 - alpha) * F.cross_entropy(dist, hard_t),
+                 "score the class head against the whole mixed target (eq. 9), not only its dominant class."),
+                (alpha * F.cross_entropy(dist, targets) + (1 - alpha) * F.cross_entropy(cls, hard_t),
+                 "the class head learns the labels, the distillation head the teacher: the heads are swapped."),
+                (alpha * ce_cls * batch + (1 - alpha) * F.cross_entropy(dist, hard_t) * batch,
+                 "take batch means, not sums."),
+            ]
+            hint = next((text for cand, text in variants if _close(got if isinstance(got, Tensor) else torch.tensor(float(got)), cand)), None) \
+                if isinstance(got, (Tensor, int, float)) else None
+            _fail(check, i, total, desc, problem, hint)
+    _passed(check, total, reference)
+
+
+def _reference_cutmix_box(lam: float, height: int, width: int, cx: int, cy: int) -> tuple[tuple[int, int, int, int], float]:
+    """The box ``torchvision.transforms.v2.CutMix`` pastes, and the λ it reports (area not pasted)."""
+    r = 0.5 * math.sqrt(1.0 - lam)
+    half_w, half_h = int(r * width), int(r * height)
+    x1, y1 = max(cx - half_w, 0), max(cy - half_h, 0)
+    x2, y2 = min(cx + half_w, width), min(cy + half_h, height)
+    return (x1, y1, x2, y2), 1.0 - (x2 - x1) * (y2 - y1) / (width * height)
+
+
+def cutmix_box(student_fn: Callable) -> None:
+    r"""Check a CutMix box against ``torchvision.transforms.v2.CutMix``'s rule (paper §3.5.2).
+
+    ``student_fn(lam, height, width, cx, cy)`` returns ``((x1, y1, x2, y2), lam_adjusted)``: a box of
+    half-sides ``int(½·√(1-λ)·W)`` and ``int(½·√(1-λ)·H)`` around the centre ``(cx, cy)``, clipped to the
+    image (``x2``, ``y2`` exclusive), and the fraction of the image *not* covered by it,
+    :math:`1 - \frac{(x_2-x_1)(y_2-y_1)}{HW}`, which is the label weight of the first image.
+    """
+    _require_callable("cutmix_box", student_fn, "a function (lam, height, width, cx, cy) -> ((x1, y1, x2, y2), lam)")
+    check, reference = "cutmix_box", "torchvision.transforms.v2.CutMix's box rule"
+    cases = [(0.5, 32, 32, 16, 16), (0.9, 32, 32, 10, 20), (0.2, 32, 32, 2, 30), (0.0, 28, 28, 14, 14),
+             (1.0, 32, 32, 5, 5), (0.7, 24, 40, 39, 0)]
+    total = len(cases)
+    for i, (lam, h, w, cx, cy) in enumerate(cases):
+        desc = f"lam={lam}, image {h}×{w}, centre ({cx}, {cy})"
+        (want_box, want_lam) = _reference_cutmix_box(lam, h, w, cx, cy)
+        got = _call(check, i, total, desc, student_fn, lam, h, w, cx, cy)
+        if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[0], (tuple, list)) or len(got[0]) != 4:
+            _fail(check, i, total, desc, f"expected ((x1, y1, x2, y2), lam); got {got!r}.")
+        box = tuple(int(v) for v in got[0])
+        if box != want_box:
+            r = math.sqrt(1.0 - lam)
+            hint = None
+            if box == (max(cx - int(r * w), 0), max(cy - int(r * h), 0), min(cx + int(r * w), w), min(cy + int(r * h), h)):
+                hint = "the box's side is √(1-λ)·W, so its half-side is ½·√(1-λ)·W."
+            elif box == (cx - int(0.5 * r * w), cy - int(0.5 * r * h), cx + int(0.5 * r * w), cy + int(0.5 * r * h)):
+                hint = "clip the box to the image: x1 = max(cx - half, 0), x2 = min(cx + half, W)."
+            elif box == (max(cx - int(0.5 * lam ** 0.5 * w), 0), max(cy - int(0.5 * lam ** 0.5 * h), 0),
+                         min(cx + int(0.5 * lam ** 0.5 * w), w), min(cy + int(0.5 * lam ** 0.5 * h), h)):
+                hint = "λ is the share of the *first* image: the pasted box covers 1 - λ, so its side is √(1-λ)·W."
+            elif box == (max(cy - int(0.5 * r * h), 0), max(cx - int(0.5 * r * w), 0),
+                         min(cy + int(0.5 * r * h), h), min(cx + int(0.5 * r * w), w)):
+                hint = "x runs along the width (columns), y along the height (rows)."
+            _fail(check, i, total, desc, f"your box is {box}; expected {want_box} (x1, y1, x2, y2).", hint)
+        try:
+            got_lam = float(got[1])
+        except (TypeError, ValueError):
+            _fail(check, i, total, desc, f"lam must be a number; got {type(got[1]).__name__}.")
+        if abs(got_lam - want_lam) > 1e-6:
+            hint = ("after clipping the box, recompute λ from its real area: 1 - (x2-x1)(y2-y1)/(H·W)."
+                    if abs(got_lam - lam) < 1e-9 else
+                    "λ is the share of the image *outside* the box: 1 - area/(H·W)."
+                    if abs(got_lam - (1 - want_lam)) < 1e-6 else None)
+            _fail(check, i, total, desc, f"your lam is {got_lam:.6f}; expected {want_lam:.6f}.", hint)
+    _passed(check, total, reference)
+
+
+@_keeps_global_rng
+def attention_rollout(student_fn: Callable) -> None:
+    r"""Check attention rollout against :func:`titn_edu.viz.attention_rollout`.
+
+    ``student_fn(maps, token)`` takes the outer maps of one forward pass, a list of ``(B, heads, T, T)``
+    tensors (first layer first), and a token index (``0`` class, ``-1`` distillation) and returns
+    ``(B, N)``: row ``token`` of :math:`\hat A_L \cdots \hat A_1`, with
+    :math:`\hat A_l = \mathrm{rownorm}(\mathrm{mean}_{heads} A_l + I)`, without the class (first) and
+    distillation (last) tokens.
+    """
+    from .viz import attention_rollout as reference_rollout
+
+    _require_callable("attention_rollout", student_fn, "a function (maps, token) -> (B, N)")
+    check, reference = "attention_rollout", "titn_edu.viz.attention_rollout"
+    configs = [(2, 3, 18, 4, 0), (1, 2, 6, 3, -1), (3, 4, 11, 1, 0), (2, 2, 18, 12, -1)]
+    total = len(configs)
+    for i, (batch, heads, t, layers, token) in enumerate(configs):
+        g = _gen(300 + i)
+        maps = [(2 * torch.randn(batch, heads, t, t, generator=g)).softmax(-1) for _ in range(layers)]
+        desc = f"{layers} layer(s) of ({batch}, {heads}, {t}, {t}), token {token}"
+        want = reference_rollout(maps, token=token)
+        copies = [m.clone() for m in maps]
+        got = _call(check, i, total, desc, student_fn, copies, token)
+        for m, c in zip(maps, copies):
+            if not torch.equal(m, c):
+                _fail(check, i, total, desc, "your implementation changed the attention maps in place.",
+                      "use out-of-place operations (a = a + eye, not a += eye).")
+        problem = _difference(got, want, "the rollout", atol=1e-5, rtol=1e-4)
+        if problem:
+            eye = torch.eye(t)
+
+            def roll(norm=True, identity=True, reverse=False, fuse="mean", lo=1, hi=t - 1):
+                r = eye.expand(batch, t, t)
+                for a in (maps[::-1] if reverse else maps):
+                    a = getattr(a, fuse)(1) if fuse == "mean" else getattr(a, fuse)(1)
+                    a = a + eye if identity else a
+                    a = a / a.sum(-1, keepdim=True) if norm else a
+                    r = a @ r
+                return r[:, token, lo:hi]
+
+            variants = [
+                (roll(identity=False), "add the identity (the residual connection) to every layer's map: A + I."),
+                (roll(norm=False), "renormalise each row after adding the identity: (A + I) / (A + I).sum(-1)."),
+                (roll(fuse="amax"), "average the heads (mean over dim 1), not their maximum."),
+                (roll(lo=1, hi=t), "drop both extra tokens: the class token is first, the distillation token last."),
+                (roll(lo=2, hi=t), "TITN's order is [class, patches, distillation]: drop the first and the last token."),
+            ]
+            if layers > 1:
+                variants.append((roll(reverse=True), "multiply in layer order: R = Â_L ··· Â_1 (each new layer on the left)."))
+            hint = next((text for cand, text in variants if _close(got, cand, atol=1e-5)), None)
+            _fail(check, i, total, desc, problem, hint)
+    _passed(check, total, reference)

@@ -199,11 +199,14 @@ def build_teacher(name: str, *, num_classes: int, in_chans: int = 3, **kwargs: A
         raise TypeError(f"name must be a string; got {type(name).__name__}.")
     _positive_int("num_classes", num_classes)
     _positive_int("in_chans", in_chans)
+    config = dict(name=name, num_classes=num_classes, in_chans=in_chans, **kwargs)  # lets checkpoints rebuild it
     if name in _TEACHERS:
         try:
-            return _TEACHERS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+            model = _TEACHERS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
         except TypeError as err:  # unexpected keyword
             raise TypeError(f"build_teacher({name!r}): {err}") from None
+        model.config = config
+        return model
     tv_name = name[len(_TV_PREFIX):] if name.startswith(_TV_PREFIX) else name
     if tv_name not in _torchvision_names():
         raise ValueError(f"Unknown teacher {name!r}; expected one of {', '.join(list_teachers())} "
@@ -219,6 +222,7 @@ def build_teacher(name: str, *, num_classes: int, in_chans: int = 3, **kwargs: A
         raise TypeError(f"build_teacher({name!r}): {err}") from None
     if in_chans != 3:
         _replace_first_conv(model, in_chans)
+    model.config = config
     return model
 
 

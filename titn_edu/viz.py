@@ -466,3 +466,154 @@ def position_similarity(pos_embed, *, num_prefix: int = 0, num_suffix: int = 0, 
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="cosine similarity")
     fig.suptitle(title if title is not None else "position-embedding similarity (row, column of the patch)", fontsize=10)
     return fig
+
+
+# ------------------------------------------------------------------- part II: trained models
+__all__ += ["attention_rollout", "confusion_matrix", "mistakes_gallery", "training_curves"]
+
+
+def attention_rollout(outer_maps, *, token: int = 0, num_prefix: int = 1, num_suffix: int = 1,
+                      head_fusion: str = "mean") -> torch.Tensor:
+    r"""Attention rollout (Abnar & Zuidema, 2020): how much each patch feeds one token after all layers.
+
+    Per layer: fuse the heads (``"mean"``, ``"max"`` or ``"min"``), add the identity for the residual
+    connection, renormalise the rows, :math:`\hat A_l = (A_l + I) / \mathrm{rowsum}`; then multiply
+    through the layers, :math:`R = \hat A_L \cdots \hat A_1`, read row ``token`` of ``R`` and drop the
+    ``num_prefix`` leading (class) and ``num_suffix`` trailing (distillation) tokens.
+
+    Args:
+        outer_maps: the outer maps of a forward pass, a list of ``(B, heads, T, T)`` tensors
+            (``capture_attention(model).outer``), first layer first.
+        token: the query token to explain: ``0`` = class token, ``-1`` = distillation token (TITN's order).
+
+    Returns:
+        ``(B, N)`` weights over the ``N = T - num_prefix - num_suffix`` patches (not renormalised).
+    """
+    if isinstance(outer_maps, torch.Tensor):
+        outer_maps = [outer_maps]
+    if not isinstance(outer_maps, (list, tuple)) or not outer_maps:
+        raise ValueError("outer_maps must be a non-empty list of (B, heads, T, T) attention maps, e.g. maps.outer.")
+    fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
+    if head_fusion not in fuse:
+        raise ValueError(f"head_fusion must be one of {sorted(fuse)}; got {head_fusion!r}.")
+    first = outer_maps[0]
+    for i, a in enumerate(outer_maps):
+        if not isinstance(a, torch.Tensor) or a.dim() != 4 or a.shape[-1] != a.shape[-2] or a.shape != first.shape:
+            got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
+            raise ValueError(f"map {i} must be (B, heads, T, T) like map 0 {tuple(first.shape)}; got {got}. "
+                             f"Pass the outer maps (maps.outer), not the inner ones.")
+    t = first.shape[-1]
+    if num_prefix < 0 or num_suffix < 0 or num_prefix + num_suffix >= t:
+        raise ValueError(f"cannot drop {num_prefix} + {num_suffix} tokens from {t}.")
+    if not -t <= token < t:
+        raise ValueError(f"token={token} is not a token index of a {t}-token sequence.")
+    eye = torch.eye(t, dtype=torch.float64, device=first.device)
+    rollout = eye.expand(first.shape[0], t, t)
+    for a in outer_maps:
+        a = fuse[head_fusion](a.detach().double()) + eye
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a @ rollout
+    return rollout[:, token, num_prefix:t - num_suffix].float()
+
+
+def confusion_matrix(cm, class_names: Sequence[str] | None = None, *, normalize: bool = False,
+                     title: str | None = None, annotate: bool | None = None) -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted class) as a heatmap with counts.
+
+    ``normalize=True`` shows each row as fractions of that class (the diagonal is the per-class recall).
+    """
+    plt = _pyplot()
+    a = _as_numpy(cm, "cm").astype(np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"a confusion matrix must be square (C, C); got shape {tuple(a.shape)}.")
+    c = a.shape[0]
+    if class_names is not None and len(class_names) != c:
+        raise ValueError(f"got {len(class_names)} class names for a {c}×{c} confusion matrix.")
+    shown = a / np.maximum(a.sum(1, keepdims=True), 1) if normalize else a
+    side = min(9.0, 2.0 + 0.45 * c)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    im = ax.imshow(shown, cmap="Blues", interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the class" if normalize else "images")
+    names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(c)]
+    if c <= 30:
+        ax.set_xticks(range(c), names, rotation=90 if max(map(len, names)) > 3 else 0, fontsize=7)
+        ax.set_yticks(range(c), names, fontsize=7)
+    if annotate if annotate is not None else c <= 12:
+        top = shown.max() if shown.size else 1.0
+        for r in range(c):
+            for k in range(c):
+                if a[r, k]:
+                    text = f"{shown[r, k]:.2f}" if normalize else f"{int(a[r, k])}"
+                    ax.text(k, r, text, ha="center", va="center", fontsize=7,
+                            color="white" if shown[r, k] > 0.5 * top else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    total = a.sum()
+    acc = np.trace(a) / total if total else 0.0
+    ax.set_title(title if title is not None else f"confusion matrix ({int(total)} images, {100 * acc:.1f} % correct)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mistakes_gallery(images, labels, preds, *, class_names: Sequence[str] | None = None, max_images: int = 16,
+                     ncols: int = 8, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     title: str | None = None) -> Figure:
+    """The first ``max_images`` misclassified images, each titled ``true → predicted``.
+
+    ``images`` ``(B, C, H, W)``, ``labels`` and ``preds`` ``(B,)`` class indices (or ``preds`` as logits
+    ``(B, classes)``). With no mistake at all the figure says so.
+    """
+    plt = _pyplot()
+    labels_a = _as_numpy(labels, "labels").reshape(-1).astype(np.int64)
+    preds_a = _as_numpy(preds, "preds")
+    if preds_a.ndim == 2:
+        preds_a = preds_a.argmax(-1)
+    preds_a = preds_a.reshape(-1).astype(np.int64)
+    n = len(_as_numpy(images, "images")) if not isinstance(images, (list, tuple)) else len(images)
+    if not len(labels_a) == len(preds_a) == n:
+        raise ValueError(f"got {n} images, {len(labels_a)} labels and {len(preds_a)} predictions; pass one of each per image.")
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images must be a positive integer; got {max_images!r}.")
+    wrong = np.flatnonzero(labels_a != preds_a)[:max_images]
+    head = title if title is not None else f"{int((labels_a != preds_a).sum())} mistakes in {n} images (true → predicted)"
+    if len(wrong) == 0:
+        fig, ax = plt.subplots(figsize=(4, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no mistakes in {n} images", ha="center", va="center")
+        return fig
+    name = (lambda v: str(class_names[v])) if class_names is not None else str
+    titles = [f"{name(labels_a[i])} → {name(preds_a[i])}" for i in wrong]
+    batch = [images[i] for i in wrong]
+    return image_grid(batch, titles=titles, ncols=ncols, mean=mean, std=std, title=head)
+
+
+def training_curves(history, *, title: str | None = None) -> Figure:
+    """Three panels from a ``fit`` history: the two heads' losses, accuracies, agreement with the teacher.
+
+    Keys drawn where present: ``train_loss``, ``train_class_loss``, ``train_distill_loss``, ``val_loss``;
+    ``train_top1``, ``val_top1``; ``teacher_agreement``.
+    """
+    plt = _pyplot()
+    records = list(history)
+    if not records:
+        raise ValueError("the history is empty: train for at least one epoch first.")
+    panels = [("loss", ("train_loss", "train_class_loss", "train_distill_loss", "val_loss")),
+              ("top-1 accuracy (%)", ("train_top1", "val_top1")),
+              ("distillation head = teacher (%)", ("teacher_agreement",))]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.1))
+    epochs = [r.get("epoch", i + 1) for i, r in enumerate(records)]
+    for ax, (name, keys) in zip(axes, panels):
+        for key in keys:
+            points = [(e, r.get(key)) for e, r in zip(epochs, records) if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,126 @@
+"""The ``titn-edu`` command line: a tiny real run, evaluation, export, and the promised errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from titn_edu import load_model
+from titn_edu.cli import PRESETS, main
+
+TINY = [
+    "--dataset", "mnist", "--model", "titn-tiny",
+    "--model-arg", "depth=1", "--model-arg", "outer_dim=16", "--model-arg", "inner_dim=4",
+    "--model-arg", "patch_size=16", "--model-arg", "pixel_size=8",
+    "--teacher", "cnn-small", "--teacher-arg", "width=2", "--teacher-epochs", "1",
+    "--epochs", "1", "--batch-size", "20", "--limit", "60", "--test-limit", "30", "--val-size", "20",
+    "--no-progress", "--threads", "1", "--device", "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *TINY, "--output", str(out)]) == 0
+    return out
+
+
+def test_train_writes_metrics_and_loadable_checkpoints(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("test_top1", "test_top5", "precision", "recall", "f1", "params", "gflops", "wall_seconds"):
+        assert isinstance(metrics[key], (int, float)), key
+    assert 0 <= metrics["test_top1"] <= metrics["test_top5"] <= 100 and 0 <= metrics["f1"] <= 1
+    assert metrics["status"] == "completed" and metrics["test_samples"] == 30
+    assert len(metrics["history"]["epochs"]) == 1 and len(metrics["teacher_history"]["epochs"]) == 1
+    assert metrics["teacher"]["name"] == "cnn-small" and metrics["config"]["model_args"]["depth"] == 1
+    student = load_model(metrics["checkpoints"]["student"])
+    teacher = load_model(metrics["checkpoints"]["teacher"])
+    assert student.config["depth"] == 1 and student.config["in_chans"] == 1
+    assert teacher.config == {"name": "cnn-small", "num_classes": 10, "in_chans": 1, "width": 2}
+    for stage in ("teacher", "student"):
+        assert {"last.pt", "best.pt", "history.json"} <= {p.name for p in (tiny_run / stage).iterdir()}
+
+
+def test_evaluate_command(tiny_run, tmp_path, capsys):
+    code = main(["evaluate", str(tiny_run / "student"), "--limit", "20", "--output", str(tmp_path), "--threads", "1"])
+    assert code == 0
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["dataset"] == "mnist" and result["test_samples"] == 20  # dataset read from the checkpoint
+    assert len(result["confusion_matrix"]) == 10
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_run_does_no_more_work(tiny_run, capsys):
+    assert main(["train", "--resume", str(tiny_run), "--no-progress", "--threads", "1"]) == 0
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert len(metrics["history"]["epochs"]) == 1 and metrics["status"] == "completed"
+
+
+def test_data_export(tmp_path):
+    assert main(["data", "export", "mnist", "--out", str(tmp_path), "--splits", "test"]) == 0
+    assert (tmp_path / "mnist-npz" / "mnist_test.npz").is_file()
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["train", *TINY, "--output", str(tmp_path / "out"), "--data-root", str(empty), "--no-download"])
+    err = capsys.readouterr().err
+    assert code == 1 and "TITN_EDU_DATA" in err and str(empty) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--dataset", "imagenet", "--output", "x"],
+        ["train", "--dataset", "mnist", "--model", "resnet9000", "--output", "x"],
+        ["train", "--preset", "paper-imagenet", "--output", "x"],
+        ["train", "--dataset", "mnist", "--epochs", "-1", "--output", "x"],
+        ["train", "--dataset", "mnist", "--epochs", "0", "--output", "x"],
+        ["train", "--dataset", "mnist", "--lr", "-0.1", "--output", "x"],
+        ["train", "--dataset", "mnist", "--lr", "nan", "--output", "x"],
+        ["train", "--dataset", "mnist", "--batch-size", "0", "--output", "x"],
+        ["train", "--dataset", "mnist", "--alpha", "1.5", "--output", "x"],
+        ["train", "--dataset", "mnist", "--warmup-epochs", "-1", "--output", "x"],
+        ["train", "--dataset", "mnist", "--model-arg", "depth", "--output", "x"],
+        ["train", "--dataset", "mnist", "--teacher", "no-such-teacher-or-file", "--output", "x"],
+        ["train", "--dataset", "mnist", "--device", "quantum", "--output", "x"],
+        ["train", "--epochs", "1", "--output", "x"],  # no dataset, no preset
+        ["train", "--dataset", "mnist"],  # no output
+        ["evaluate"],
+        ["data", "export", "imagenet", "--out", "x"],
+        ["fly"],
+    ],
+)
+def test_bad_arguments_exit_2_without_traceback(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "error" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_model_argument_value_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--dataset", "mnist", "--model-arg", "depth=-3", "--output", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "depth" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs_as_module():
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-m", "titn_edu", "train", "--batch-size", "0"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2 and "--batch-size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_presets_follow_the_paper():
+    for name in ("paper-mnist", "paper-cifar10", "paper-cifar100"):
+        p = PRESETS[name]
+        assert (p["model"], p["teacher"], p["optimizer"], p["lr"], p["batch_size"]) == ("titn", "vgg16_bn", "paper", 0.1, 1024)
+        assert (p["mixing"], p["mix_alpha"], p["distillation"], p["alpha"]) == ("cutmix", 0.5, "hard", 0.5)

@@ -1,0 +1,76 @@
+"""The notebooks' training helpers, on both paths: the CPU budget and (tiny) the paper presets a GPU runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from titn_edu import course
+from titn_edu.checkpoint import load_checkpoint
+
+pytest.importorskip("titn_edu.cli")
+
+
+def test_get_preset_copies_and_rejects_unknown():
+    p = course.get_preset("mnist-quick")
+    p["epochs"] = 999
+    assert course.get_preset("mnist-quick")["epochs"] != 999
+    with pytest.raises(ValueError, match="unknown preset"):
+        course.get_preset("mnist-slow")
+    with pytest.raises(TypeError, match="dict"):
+        course.load_data("mnist-quick")
+    with pytest.raises(ValueError, match="lacks"):
+        course.train_student({"dataset": "mnist"}, None, teacher=None)
+
+
+@pytest.mark.parametrize("name", ["paper-mnist", "paper-cifar10"])
+def test_paper_presets_run_the_same_functions_at_a_tiny_budget(name, tmp_path):
+    """What a GPU notebook runs with PAPER_SCALE = True, on 20 images and one epoch, on the CPU."""
+    torch.set_num_threads(1)
+    preset = course.get_preset(name)
+    train, test = course.load_data(preset, limit=20, test_limit=10)
+    assert len(train) == 20 and len(test) == 10
+    teacher, t_hist = course.train_teacher(preset, train, epochs=1, batch_size=10, device="cpu", progress=False)
+    assert t_hist.status == "completed" and type(teacher).__name__ == "VGGTeacher"
+    student, s_hist = course.train_student(preset, train, test, teacher=teacher, epochs=1, batch_size=10,
+                                           device="cpu", progress=False)
+    assert s_hist.status == "completed"
+    assert student.config["depth"] == 12 and student.distill and not student.training
+    assert s_hist[-1]["teacher_agreement"] is not None and "val_top1" in s_hist[-1]
+
+
+def test_quick_preset_learns_and_teacher_cache(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("TITN_EDU_OUTPUTS", str(tmp_path))
+    preset = course.get_preset("mnist-quick")
+    train, test = course.load_data(preset, limit=1200, test_limit=200)
+    teacher, hist, cached = course.cached_teacher(preset, train, epochs=1, progress=False, device="cpu")
+    assert not cached and (tmp_path / "teacher-mnist-quick.pt").is_file()
+    again, hist2, cached = course.cached_teacher(preset, train, epochs=1, progress=False, device="cpu")
+    assert cached and hist2 == [dict(r) for r in hist]
+    for a, b in zip(teacher.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # different settings: retrained, file replaced
+    _, _, cached = course.cached_teacher(preset, train, epochs=2, progress=False, device="cpu")
+    assert not cached
+    assert load_checkpoint(tmp_path / "teacher-mnist-quick.pt")["extra"]["course_key"]["epochs"] == 2
+    student, history, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=2,
+                                                     progress=False, device="cpu")
+    assert not cached and history[-1]["val_top1"] > 25.0  # well above chance (10 %) after 2 short epochs
+    again, _, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=2, progress=False)
+    assert cached and torch.equal(again.pos_embed, student.pos_embed)
+    _, _, cached = course.cached_student(preset, train, test, teacher=teacher, epochs=1, retrain=True,
+                                         progress=False)
+    assert not cached
+    vit, h = course.train_student(preset, train, None, teacher=None, model="vit-tiny", epochs=1, progress=False,
+                                  device="cpu")
+    assert not vit.distill and h[-1]["teacher_agreement"] is None
+
+
+def test_outputs_dir_finds_the_repository(tmp_path, monkeypatch):
+    monkeypatch.delenv("TITN_EDU_OUTPUTS", raising=False)
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "titn_edu").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert course.outputs_dir() == (tmp_path / "outputs").resolve()

@@ -1,0 +1,573 @@
+"""The ``titn-edu`` command line (also ``python -m titn_edu``).
+
+::
+
+    titn-edu train --preset mnist-quick --output runs/quick        # CPU: teacher + TITN student
+    titn-edu train --preset paper-cifar10 --output runs/c10        # the paper's settings (GPU)
+    titn-edu train --dataset mnist --model titn-tiny --teacher none --epochs 3 --output runs/x
+    titn-edu train --resume runs/c10                                # continue an interrupted run
+    titn-edu evaluate runs/quick/student/best.pt --dataset mnist
+    titn-edu data export cifar10 --out /media/usb/titn-data         # stage data for offline machines
+
+A training run writes, under ``--output DIR``: ``teacher/`` and ``student/`` (each with
+``last.pt``, ``best.pt``, ``history.json``) and ``metrics.json`` (test top-1/top-5 in percent, macro
+precision/recall/F1, parameters, GFLOPs, wall time, the histories and the settings used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["main", "build_parser", "PRESETS"]
+
+# ----------------------------------------------------------------------------- presets
+_PAPER = dict(
+    model="titn", teacher="vgg16_bn", optimizer="paper", lr=0.1, batch_size=1024, mixing="cutmix", mix_alpha=0.5,
+    distillation="hard", alpha=0.5, tau=1.0, augment=True, preload=False, val_size=5000, warmup_epochs=0.0,
+    teacher_args={}, model_args={}, teacher_optimizer="paper", teacher_lr=0.1, teacher_batch_size=1024,
+    teacher_mixing="cutmix", teacher_limit=None,
+)
+
+#: Settings of each ``--preset``; command-line flags override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    # §4.1 + Table 1: TITN student, VGG16-BN teacher trained first, SGD (momentum 0.9, wd 1e-4) lr 0.1
+    # with cosine annealing, batch 1024, CutMix (Beta 0.5), hard distillation with alpha 0.5.
+    # Epochs: the paper reports MNIST after 350 epochs (Fig. 8) and plots 600 epochs on CIFAR (Fig. 4).
+    "paper-mnist": dict(_PAPER, dataset="mnist", epochs=350, teacher_epochs=350),
+    "paper-cifar10": dict(_PAPER, dataset="cifar10", epochs=600, teacher_epochs=600),
+    "paper-cifar100": dict(_PAPER, dataset="cifar100", epochs=600, teacher_epochs=600),
+    # A few minutes on a 2-core CPU: a small CNN teacher (1 epoch), then a small TITN student with
+    # large 16x16 patches of 4x4 "pixels" (the inner transformer does most of the work), hard
+    # distillation, AdamW; no per-image augmentation or CutMix (they slow short runs down).
+    "mnist-quick": dict(
+        dataset="mnist", model="titn-tiny",
+        model_args=dict(patch_size=16, pixel_size=4, outer_dim=96, inner_dim=16, depth=2, outer_heads=3,
+                        inner_heads=2, mlp_ratio=2.0),
+        teacher="cnn-small", teacher_args=dict(width=8), teacher_epochs=1, teacher_optimizer="adamw",
+        teacher_lr=3e-3, teacher_batch_size=64, teacher_mixing="none", teacher_limit=None,
+        epochs=4, optimizer="adamw", lr=3e-3, batch_size=128, warmup_epochs=0.05, mixing="none", mix_alpha=0.5,
+        distillation="hard", alpha=0.5, tau=1.0, augment=False, preload=True, val_size=0,
+    ),
+}
+
+#: Settings used without ``--preset`` (then ``--dataset`` is required).
+DEFAULTS: dict[str, Any] = dict(
+    model="titn", model_args={}, teacher="none", teacher_args={}, teacher_epochs=None, teacher_optimizer=None,
+    teacher_lr=None, teacher_batch_size=None, teacher_mixing=None, teacher_limit=None,
+    epochs=10, optimizer="adamw", lr=None, batch_size=None, warmup_epochs=None, mixing="cutmix", mix_alpha=0.5,
+    distillation="hard", alpha=0.5, tau=1.0, augment=True, preload=False, val_size=0,
+)
+
+
+# ----------------------------------------------------------------------------- argument types
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}; got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number; got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number > 0; got {text}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number; got {text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number >= 0; got {text}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]; got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]; got {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. depth=6); got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a bare word: keep it as a string
+    return key, value
+
+
+def _threads(text: str) -> int | str:
+    return "auto" if text == "auto" else _int_at_least(1, "--threads")(text)
+
+
+def _device(text: str) -> str:
+    from .utils import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .model import list_models
+
+    parser = argparse.ArgumentParser(
+        prog="titn-edu",
+        description="Train and evaluate TITN (Transformer-in-Transformer with knowledge distillation) models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,data}")
+    sub.required = True
+
+    # --- train
+    tr = sub.add_parser("train", help="train a teacher, then a TITN student with distillation",
+                        description="Train a teacher (if one is named), then the student; see the presets.")
+    tr.add_argument("--preset", choices=sorted(PRESETS), help="a ready configuration (flags override its values)")
+    tr.add_argument("--dataset", choices=DATASETS, help="dataset (required without --preset)")
+    tr.add_argument("--model", choices=list_models(), help="student model (build_model name)")
+    tr.add_argument("--model-arg", dest="model_args", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                    help="override a student constructor argument, e.g. --model-arg depth=6 (repeatable)")
+    tr.add_argument("--teacher", help="teacher: a name to train first (e.g. vgg16_bn, cnn-small, resnet18), "
+                    "a checkpoint (.pt or run folder) to load, or 'none'")
+    tr.add_argument("--teacher-arg", dest="teacher_args", type=_key_value, action="append", default=[],
+                    metavar="KEY=VALUE", help="override a teacher constructor argument, e.g. --teacher-arg width=32")
+    tr.add_argument("--teacher-epochs", type=_int_at_least(1, "--teacher-epochs"), help="epochs to train the teacher")
+    tr.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="epochs to train the student")
+    tr.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="student batch size")
+    tr.add_argument("--lr", type=_positive_float("--lr"), help="student peak learning rate")
+    tr.add_argument("--optimizer", choices=["paper", "sgd", "adamw"], help="optimisation preset (paper = sgd)")
+    tr.add_argument("--warmup-epochs", type=_non_negative_float("--warmup-epochs"), help="linear warm-up length in epochs")
+    tr.add_argument("--mixing", choices=["cutmix", "mixup", "cutmix_or_mixup", "none"], help="batch mixing")
+    tr.add_argument("--distillation", choices=["hard", "soft"], help="distillation loss (hard = eq. 10)")
+    tr.add_argument("--alpha", type=_fraction, help="weight of the label term in eq. 10 (0..1)")
+    tr.add_argument("--tau", type=_positive_float("--tau"), help="temperature of soft distillation")
+    tr.add_argument("--limit", type=_int_at_least(1, "--limit"), help="train on this many images (class-balanced)")
+    tr.add_argument("--test-limit", type=_int_at_least(1, "--test-limit"), help="test on this many images")
+    tr.add_argument("--val-size", type=_int_at_least(0, "--val-size"),
+                    help="training images held out for validation and best.pt (0: none)")
+    tr.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                    help="no per-image augmentation")
+    tr.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    tr.add_argument("--threads", type=_threads, default="auto",
+                    help="CPU threads for PyTorch; auto = the cores not already busy (default)")
+    tr.add_argument("--num-workers", type=_int_at_least(0, "--num-workers"), default=0, help="DataLoader workers")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the student (CUDA)")
+    tr.add_argument("--data-root", help="data folder (default: $TITN_EDU_DATA, else the per-user cache)")
+    tr.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                    help="download missing data (default: only when not found locally)")
+    tr.add_argument("--output", help="run folder for checkpoints, histories and metrics.json")
+    tr.add_argument("--resume", help="continue the run in this folder (teacher and student)")
+    tr.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, help="random seed (default 0)")
+    tr.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+    # --- evaluate
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on a test set (Table 3 metrics)")
+    ev.add_argument("checkpoint", help="a .pt checkpoint or a run folder (best.pt, else last.pt)")
+    ev.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one the checkpoint was trained on)")
+    ev.add_argument("--split", choices=["test", "train"], default="test")
+    ev.add_argument("--limit", type=_int_at_least(1, "--limit"), help="evaluate on this many images")
+    ev.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=256)
+    ev.add_argument("--device", type=_device, default="auto")
+    ev.add_argument("--threads", type=_threads, default="auto")
+    ev.add_argument("--data-root", help="data folder (default: $TITN_EDU_DATA, else the per-user cache)")
+    ev.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                    help="download missing data (default: only when not found locally)")
+    ev.add_argument("--output", help="write metrics.json into this folder")
+
+    # --- data
+    da = sub.add_parser("data", help="dataset utilities")
+    dsub = da.add_subparsers(dest="data_command", metavar="{export}")
+    dsub.required = True
+    ex = dsub.add_parser("export", help="write a dataset in the offline .npz format",
+                         description="Write NAME as DIR/NAME-npz/NAME_{train,test}.npz; point TITN_EDU_DATA at DIR.")
+    ex.add_argument("name", choices=DATASETS)
+    ex.add_argument("--out", required=True, help="output data root")
+    ex.add_argument("--data-root", help="where to read the dataset from (default: $TITN_EDU_DATA / cache)")
+    ex.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                    help="download if missing (default: only when not found)")
+    ex.add_argument("--splits", nargs="+", choices=["train", "test"], default=["train", "test"])
+    return parser
+
+
+# ----------------------------------------------------------------------------- helpers
+def _auto_threads() -> int:
+    """The cores not already busy (1-minute load average), at least 1.
+
+    On a shared CPU, more PyTorch threads than idle cores makes small models *slower* (the threads
+    wait for each other); on an idle machine this is every core.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def _set_threads(value: int | str, device: torch.device) -> int:
+    if device.type == "cpu":
+        torch.set_num_threads(_auto_threads() if value == "auto" else int(value))
+    elif value != "auto":
+        torch.set_num_threads(int(value))
+    return torch.get_num_threads()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed: dict | None) -> dict[str, Any]:
+    """Preset (or saved settings when resuming) < defaults < explicit flags."""
+    if resumed is not None:
+        base = dict(resumed)
+    elif args.preset:
+        base = dict(DEFAULTS, **PRESETS[args.preset])
+    else:
+        if not args.dataset:
+            parser.error("train needs --dataset (or a --preset); e.g. --preset mnist-quick")
+        base = dict(DEFAULTS)
+    flags = dict(
+        dataset=args.dataset, model=args.model, teacher=args.teacher, teacher_epochs=args.teacher_epochs,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        warmup_epochs=args.warmup_epochs, mixing=args.mixing, distillation=args.distillation, alpha=args.alpha,
+        tau=args.tau, limit=args.limit, test_limit=args.test_limit, val_size=args.val_size, augment=args.augment,
+    )
+    settings = dict(base)
+    settings.setdefault("limit", None)
+    settings.setdefault("test_limit", None)
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    settings["model_args"] = dict(settings.get("model_args") or {}, **dict(args.model_args))
+    settings["teacher_args"] = dict(settings.get("teacher_args") or {}, **dict(args.teacher_args))
+    settings["preset"] = settings.get("preset") if resumed is not None else args.preset
+    settings["seed"] = args.seed
+    return settings
+
+
+def _resolve_teacher(spec: str | None, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+    """('none', None) | ('checkpoint', Path) | ('name', str)."""
+    from .teachers import list_teachers
+
+    if spec is None or spec.lower() == "none":
+        return "none", None
+    if spec in list_teachers() or spec.startswith("torchvision/"):
+        return "name", spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        return "checkpoint", path
+    parser.error(
+        f"--teacher {spec!r} is neither a teacher name (e.g. vgg16_bn, cnn-small, resnet18; see "
+        f"titn_edu.teachers.list_teachers()), an existing checkpoint, nor 'none'"
+    )
+    raise AssertionError  # parser.error exits
+
+
+def _split_indices(targets: torch.Tensor, val_size: int, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, class-stratified split of a training set into (train, validation) indices."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(targets), generator=gen)
+    classes = int(targets.max()) + 1
+    per_class = [order[targets[order] == c] for c in range(classes)]
+    n = len(targets)
+    val_counts = [round(val_size * len(p) / n) for p in per_class]
+    val = torch.cat([p[:k] for p, k in zip(per_class, val_counts)])
+    rest = [p[k:] for p, k in zip(per_class, val_counts)]
+    train = torch.cat(rest)
+    if limit is not None and limit < len(train):
+        # Interleave the classes so any prefix is balanced, then cut.
+        width = max(len(r) for r in rest)
+        rows = torch.full((len(rest), width), -1, dtype=torch.long)
+        for i, r in enumerate(rest):
+            rows[i, : len(r)] = r
+        flat = rows.t().reshape(-1)
+        train = flat[flat >= 0][:limit]
+    return train.sort().values, val.sort().values
+
+
+def _preload(dataset: Any, transform: Any, chunk: int = 4096) -> torch.utils.data.TensorDataset:
+    """Apply a deterministic transform to a whole uint8 dataset at once; keep the floats in memory."""
+    from torchvision import tv_tensors
+
+    parts = [transform(tv_tensors.Image(dataset.images[i : i + chunk])) for i in range(0, len(dataset), chunk)]
+    return torch.utils.data.TensorDataset(torch.cat(parts), dataset.targets.clone())
+
+
+def _datasets(s: dict[str, Any], root: str | None, download: bool | None) -> tuple[Any, Any, Any]:
+    """(train, val or None, test) for the settings ``s``."""
+    from .data import get_dataset, get_transforms
+
+    name = s["dataset"]
+    full = get_dataset(name, train=True, root=root, download=download, transform="raw")
+    test = get_dataset(name, train=False, root=root, download=download, transform="raw", limit=s.get("test_limit"),
+                       seed=s["seed"])
+    train_idx, val_idx = _split_indices(full.targets, s["val_size"], s.get("limit"), s["seed"])
+    if len(train_idx) == 0:
+        raise ValueError("no training images left; lower --val-size or raise --limit.")
+    eval_tf = get_transforms(name, train=False)
+    train_tf = get_transforms(name, train=True, augment=s["augment"])
+    train, val = full.subset(train_idx), (full.subset(val_idx) if len(val_idx) else None)
+    if s["preload"] and not s["augment"]:
+        train = _preload(train, train_tf)
+    else:
+        train.transform = train_tf
+    if val is not None:
+        val = _preload(val, eval_tf) if s["preload"] else val
+        if not s["preload"]:
+            val.transform = eval_tf
+    if s["preload"]:
+        test = _preload(test, eval_tf)
+    else:
+        test.transform = eval_tf
+    return train, val, test
+
+
+def _metrics_row(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "test_top1": result["top1"], "test_top5": result["top5"], "precision": result["precision"],
+        "recall": result["recall"], "f1": result["f1"], "params": result["params"], "gflops": result["gflops"],
+        "test_loss": result["loss"], "test_samples": result["num_samples"], "eval_seconds": result["seconds"],
+    }
+
+
+def _summary(title: str, row: dict[str, Any]) -> str:
+    return (f"{title}: top-1 {row['test_top1']:.2f} %, top-5 {row['test_top5']:.2f} %, precision {row['precision']:.4f}, "
+            f"recall {row['recall']:.4f}, F1 {row['f1']:.4f}, {row['params']:,} parameters, "
+            f"{row['gflops']:.4f} GFLOPs/image")
+
+
+# ----------------------------------------------------------------------------- commands
+def _train_stage(model, train, val, *, out: Path, resume: bool, **kwargs):
+    from .train import fit
+
+    resume_from = out if resume and (out / "last.pt").is_file() else None
+    return fit(model, train, val, output_dir=out, resume=resume_from, **kwargs)
+
+
+def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    start = time.perf_counter()
+    from . import __version__
+    from .checkpoint import load_model
+    from .data import IN_CHANS, NUM_CLASSES
+    from .losses import TITNLoss
+    from .model import build_model
+    from .teachers import build_teacher
+    from .train import evaluate
+    from .utils import resolve_device, save_json, seed_everything
+
+    resumed = None
+    if args.resume:
+        run = Path(args.resume).expanduser()
+        saved = run / "metrics.json"
+        if not run.is_dir() or not (saved.is_file() or (run / "student").is_dir() or (run / "teacher").is_dir()):
+            parser.error(f"--resume {args.resume!r}: no titn-edu run folder there (expected teacher/, student/ or metrics.json)")
+        if saved.is_file():
+            resumed = json.loads(saved.read_text()).get("config")
+        if args.output and Path(args.output).expanduser().resolve() != run.resolve():
+            parser.error("--resume continues a run in its own folder; drop --output or give the same folder")
+        args.output = str(run)
+    s = _settings(args, parser, resumed)
+    if not args.output:
+        parser.error("train needs --output DIR (where checkpoints and metrics.json go)")
+    teacher_kind, teacher_ref = _resolve_teacher(s["teacher"], parser)
+    out = Path(args.output).expanduser()
+    device = resolve_device(args.device)
+    threads = _set_threads(args.threads, device)
+    seed_everything(s["seed"])
+    name = s["dataset"]
+    num_classes, in_chans = NUM_CLASSES[name], IN_CHANS[name]
+    try:
+        student = build_model(s["model"], num_classes=num_classes, in_chans=in_chans, **s["model_args"])
+    except (TypeError, ValueError) as err:
+        parser.error(f"cannot build the student {s['model']!r} with {s['model_args']}: {err}")
+    teacher = None
+    if teacher_kind == "name":
+        try:
+            teacher = build_teacher(teacher_ref, num_classes=num_classes, in_chans=in_chans, **s["teacher_args"])
+        except (TypeError, ValueError) as err:
+            parser.error(f"cannot build the teacher {teacher_ref!r}: {err}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    record: dict[str, Any] = {"config": dict(s, output=str(out), device=str(device), threads=threads),
+                              "versions": {"titn_edu": __version__, "torch": str(torch.__version__),
+                                           "python": platform.python_version()},
+                              "status": "running"}
+    save_json(out / "metrics.json", record)  # the settings are on disk from the start (for --resume)
+
+    train, val, test = _datasets(s, args.data_root, args.download)
+    _say(f"{name}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test images; "
+         f"device {device}, {threads} thread(s)")
+    common = dict(device=device, progress=args.progress, num_workers=args.num_workers)
+
+    # ---- teacher
+    teacher_row = None
+    if teacher_kind == "checkpoint":
+        teacher = load_model(teacher_ref)
+        _say(f"teacher: loaded {teacher_ref}")
+    elif teacher is not None:
+        t_start = time.perf_counter()
+        t_train = train
+        if s.get("teacher_limit") and s["teacher_limit"] < len(train):
+            t_train = torch.utils.data.Subset(train, range(s["teacher_limit"]))
+        _say(f"teacher: training {teacher_ref} for {s['teacher_epochs'] or s['epochs']} epoch(s)")
+        history = _train_stage(
+            teacher, t_train, val, out=out / "teacher", resume=bool(args.resume),
+            epochs=s["teacher_epochs"] or s["epochs"], optimizer=s.get("teacher_optimizer") or s["optimizer"],
+            lr=s.get("teacher_lr") or s["lr"], batch_size=s.get("teacher_batch_size") or s["batch_size"],
+            mixing=s.get("teacher_mixing") or s["mixing"], mix_alpha=s["mix_alpha"],
+            warmup_epochs=s["warmup_epochs"], run_info={"dataset": name, "role": "teacher"}, **common,
+        )
+        record["teacher_history"] = history.to_dict()
+        if history.status != "completed":
+            return _stopped(record, history, out, "teacher")
+        if val is not None and (out / "teacher" / "best.pt").is_file():
+            teacher = load_model(out / "teacher" / "best.pt")
+        record["teacher_train_seconds"] = time.perf_counter() - t_start
+    if teacher is not None:
+        teacher_row = _metrics_row(evaluate(teacher, test, device=device))
+        teacher_row["name"] = teacher_ref if teacher_kind == "name" else str(teacher_ref)
+        record["teacher"] = teacher_row
+        _say(_summary("teacher", teacher_row))
+
+    # ---- student
+    s_start = time.perf_counter()
+    _say(f"student: training {s['model']} for {s['epochs']} epoch(s)" + (" with distillation" if teacher is not None else ""))
+    loss = TITNLoss(alpha=s["alpha"], distillation=s["distillation"], tau=s["tau"])
+    history = _train_stage(
+        student, train, val, out=out / "student", resume=bool(args.resume), epochs=s["epochs"], teacher=teacher,
+        loss=loss, optimizer=s["optimizer"], lr=s["lr"], batch_size=s["batch_size"], mixing=s["mixing"],
+        mix_alpha=s["mix_alpha"], warmup_epochs=s["warmup_epochs"], compile=args.compile,
+        run_info={"dataset": name, "role": "student"}, **common,
+    )
+    record["history"] = history.to_dict()
+    if history.status != "completed":
+        return _stopped(record, history, out, "student")
+    record["student_train_seconds"] = time.perf_counter() - s_start
+    if val is not None and (out / "student" / "best.pt").is_file():
+        student = load_model(out / "student" / "best.pt")
+    row = _metrics_row(evaluate(student, test, device=device))
+    record.update(row)
+    record["checkpoints"] = {
+        "student": str(out / "student" / ("best.pt" if val is not None else "last.pt")),
+        "teacher": (str(out / "teacher" / ("best.pt" if val is not None else "last.pt")) if teacher_kind == "name"
+                    else (str(teacher_ref) if teacher_kind == "checkpoint" else None)),
+    }
+    record["status"] = "completed"
+    record["wall_seconds"] = time.perf_counter() - start
+    save_json(out / "metrics.json", record)
+    _say(_summary("student", row))
+    _say(f"wall time {record['wall_seconds']:.1f} s; metrics in {out / 'metrics.json'}")
+    return 0
+
+
+def _stopped(record: dict[str, Any], history: Any, out: Path, stage: str) -> int:
+    from .utils import save_json
+
+    record["status"] = f"{stage} {history.status}"
+    record["message"] = history.message
+    save_json(out / "metrics.json", record)
+    print(f"titn-edu: {stage} training {history.status}: {history.message}", file=sys.stderr)
+    if history.status == "interrupted":
+        print(f"titn-edu: continue with: titn-edu train --resume {out}", file=sys.stderr)
+        return 130
+    return 1
+
+
+def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .checkpoint import build_from_spec, load_checkpoint
+    from .data import get_dataset, get_transforms
+    from .train import evaluate
+    from .utils import resolve_device, save_json
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.get("model") is None:
+        parser.error(f"{args.checkpoint!r} does not record how to rebuild its model")
+    model = build_from_spec(ckpt["model"])
+    model.load_state_dict(ckpt["state_dict"])
+    dataset = args.dataset or ((ckpt.get("extra") or {}).get("run_info") or {}).get("dataset")
+    if dataset is None:
+        parser.error("--dataset is required: the checkpoint does not say which dataset it was trained on")
+    device = resolve_device(args.device)
+    threads = _set_threads(args.threads, device)
+    data = get_dataset(dataset, train=args.split == "train", root=args.data_root, download=args.download,
+                       limit=args.limit, transform=get_transforms(dataset, train=False))
+    result = evaluate(model, data, batch_size=args.batch_size, device=device)
+    row = _metrics_row(result)
+    _say(_summary(f"{Path(args.checkpoint).name} on {dataset} {args.split} ({result['num_samples']} images)", row))
+    if args.output:
+        out = Path(args.output).expanduser()
+        save_json(out / "metrics.json", dict(row, checkpoint=str(args.checkpoint), dataset=dataset, split=args.split,
+                                             confusion_matrix=result["confusion_matrix"], device=str(device),
+                                             threads=threads))
+        _say(f"metrics in {out / 'metrics.json'}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .data import export_dataset
+
+    written = export_dataset(args.name, args.out, root=args.data_root, download=args.download, splits=args.splits)
+    for path in written:
+        _say(f"wrote {path}")
+    _say(f"use it with: export TITN_EDU_DATA={Path(args.out).expanduser()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``titn-edu`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data}[args.command]
+    try:
+        return command(args, parser)
+    except (FileNotFoundError, ValueError) as err:
+        # Clear, expected problems (missing data, unreadable checkpoint, bad combination of settings):
+        # the message says what to do; a traceback would only hide it.
+        print(f"titn-edu: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("titn-edu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
