@@ -22,6 +22,7 @@ from .train import evaluate, fit
 from .utils import seed_everything
 from . import results
 from . import checks, viz
+from . import bench
 
 __version__ = "0.1.0"
 
@@ -72,6 +73,7 @@ __all__ = [
     "evaluate",
     "viz",
     "checks",
+    "bench",
 ]
 from . import course  # noqa: E402  (course part II: preset-driven training helpers for notebooks 06-10)
 

@@ -4,10 +4,14 @@ Two paths compute the same thing:
 
 * :func:`scaled_dot_product_attention` is eq. 1 written out with an explicit softmax. It is the
   lesson, and it returns the attention weights so they can be looked at.
-* :class:`MultiHeadAttention` (eq. 2–3) calls PyTorch's fused
-  :func:`torch.nn.functional.scaled_dot_product_attention` by default (fast, memory-light, no
-  weights materialised). It falls back to the explicit path when ``fused`` is off or while
-  :func:`titn_edu.capture_attention` is recording weights.
+* :class:`MultiHeadAttention` (eq. 2–3) takes a fast path by default, no weights materialised:
+  PyTorch's fused :func:`torch.nn.functional.scaled_dot_product_attention`, except for small heads
+  over short sequences on CPU (TITN's inner stream: 16 tokens, 6 features per head), where two
+  batched matrix multiplies per head are about twice as fast. It falls back to the explicit path
+  when ``fused`` is off or while :func:`titn_edu.capture_attention` is recording weights.
+
+``tests/test_fast_path.py`` checks that all paths give the same outputs and gradients;
+``benchmarks/attention_paths.py`` times them.
 """
 
 from __future__ import annotations
@@ -77,6 +81,31 @@ def scaled_dot_product_attention(
     return weights @ v, weights
 
 
+#: On CPU, attention with heads of at most ``_SMALL_HEAD_DIM`` features over at most
+#: ``_PER_HEAD_MAX_TOKENS`` tokens goes through :func:`_attention_per_head` (TITN's inner stream).
+_SMALL_HEAD_DIM = 16
+_PER_HEAD_MAX_TOKENS = 256
+
+
+def _attention_per_head(qkv: Tensor, num_heads: int) -> Tensor:
+    r"""Eq. 1–2 for short sequences with small heads on CPU (TITN's inner stream).
+
+    ``(B, T, 3·h·d) -> (B, T, h·d)``: :math:`\mathrm{head}_i = \mathrm{softmax}(Q_i K_i^T/\sqrt{d})\,V_i`
+    as two batched matrix multiplies per head, then the heads are concatenated. ``Q_i, K_i, V_i``
+    are strided views of ``qkv`` (no permute, no copy), and the backward pass writes the gradient
+    of ``qkv`` with one concatenation. On CPU the fused kernel works through every
+    (sequence, head) pair on its own, in blocks sized for long sequences and large heads; for
+    TITN's 16 pixel tokens with 6 features per head, two matmuls per head are about twice as
+    fast (forward + backward). For the outer stream (64 features per head) the two are close and
+    the fused kernel is kept. See ``benchmarks/attention_paths.py``.
+    """
+    parts = qkv.split(qkv.shape[-1] // (3 * num_heads), dim=-1)  # q_1..q_h, k_1..k_h, v_1..v_h: (B, T, d)
+    q, k, v = parts[:num_heads], parts[num_heads:2 * num_heads], parts[2 * num_heads:]
+    scale = q[0].shape[-1] ** -0.5
+    heads = [torch.bmm(torch.bmm(q[i] * scale, k[i].transpose(1, 2)).softmax(dim=-1), v[i]) for i in range(num_heads)]
+    return torch.cat(heads, dim=-1)
+
+
 class MultiHeadAttention(nn.Module):
     r"""Multi-head self-attention, eq. 2–3.
 
@@ -93,8 +122,8 @@ class MultiHeadAttention(nn.Module):
         qkv_bias: add a bias to the query/key/value projection (off, as in ViT/TNT).
 
     Attributes:
-        fused: use :func:`torch.nn.functional.scaled_dot_product_attention` (default). Set it to
-            ``False`` for the explicit eq. 1 path; both give the same result.
+        fused: take the fast path (default; see the module docstring). Set it to ``False`` for
+            the explicit eq. 1 path; both give the same result.
     """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = False) -> None:
@@ -125,14 +154,22 @@ class MultiHeadAttention(nn.Module):
                 f"MultiHeadAttention(dim={self.dim}) expects tokens of shape (batch, tokens, {self.dim}); "
                 f"got {got}. Add a batch axis with x.unsqueeze(0), or build it with dim=x.shape[-1]."
             )
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-        if self.fused and self._recorder is None:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
+        qkv = self.qkv(x)  # (B, T, 3·dim), laid out as (three, head, d) along the last axis
+        if not self.fused or self._recorder is not None:
+            # Reference path: eq. 1 written out, weights materialised (and recorded if asked).
+            q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
             out, weights = scaled_dot_product_attention(q, k, v)
             if self._recorder is not None:
                 self._recorder(weights)
-        return self.proj(rearrange(out, "b h t d -> b t (h d)"))
+            return self.proj(rearrange(out, "b h t d -> b t (h d)"))
+        small = self.head_dim <= _SMALL_HEAD_DIM and x.shape[1] <= _PER_HEAD_MAX_TOKENS
+        if small and x.device.type == "cpu":
+            return self.proj(_attention_per_head(qkv, self.num_heads))
+        # Fused kernel. Splitting along the last axis (rather than unbinding a permuted
+        # (three, b, h, t, d) view) lets the backward pass write the gradient of qkv with one
+        # concatenation instead of a stack followed by a permuted copy.
+        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.num_heads) for t in qkv.chunk(3, dim=-1))
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)"))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, fused={self.fused}"
