@@ -124,3 +124,14 @@ def test_presets_follow_the_paper():
         p = PRESETS[name]
         assert (p["model"], p["teacher"], p["optimizer"], p["lr"], p["batch_size"]) == ("titn", "vgg16_bn", "paper", 0.1, 1024)
         assert (p["mixing"], p["mix_alpha"], p["distillation"], p["alpha"]) == ("cutmix", 0.5, "hard", 0.5)
+
+
+def test_bench_subcommand_is_handed_to_the_benchmark(capsys):
+    from titn_edu.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--rounds", "0"])
+    assert exc.value.code == 2 and "rounds must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--help"])
+    assert exc.value.code == 0 and "timm's TNT" in capsys.readouterr().out

@@ -154,8 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="titn-edu",
         description="Train and evaluate TITN (Transformer-in-Transformer with knowledge distillation) models.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,data}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,data,bench}")
     sub.required = True
+    # (only listed here; `titn-edu bench ...` is handed to titn_edu.bench.main, which has its own options)
+    sub.add_parser("bench", add_help=False,
+                   help="throughput and memory of TITN against timm's TNT (titn-edu bench --help)")
 
     # --- train
     tr = sub.add_parser("train", help="train a teacher, then a TITN student with distillation",
@@ -554,6 +557,11 @@ def _cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``titn-edu`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data}[args.command]
