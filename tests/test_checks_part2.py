@@ -12,14 +12,7 @@ from torchvision.transforms import v2
 from titn_edu import checks, viz
 from titn_edu.losses import TITNLoss
 
-
-def fails(check, student, *needles: str) -> str:
-    with pytest.raises(AssertionError) as info:
-        check(student)
-    message = str(info.value)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in message:\n{message}"
-    return message
+from test_checks import fails  # noqa: E402  (shared helper: expect an AssertionError naming the problem)
 
 
 # ------------------------------------------------------------------------ titn_loss
