@@ -816,6 +816,18 @@ class LabDriver:
             time.sleep(0.1)
         return previous
 
+    @staticmethod
+    def _wait_for_change(page, rel: str, index: int, before_fp: dict, *, grace: float) -> dict:
+        """Poll the cell's output fingerprint for up to ``grace`` seconds; return it once it differs."""
+        deadline = time.monotonic() + grace
+        fp = before_fp
+        while time.monotonic() < deadline:
+            fp = page.evaluate("([p, i]) => window.titnProbe.fingerprint(p, i)", [rel, index])
+            if fp["hash"] != before_fp["hash"]:
+                break
+            time.sleep(0.2)
+        return fp
+
     def _exercise(self, page, rel: str, cell: dict, report: NotebookReport) -> None:
         index = cell["index"]
         head = _first_line(cell["source"])
@@ -859,6 +871,10 @@ class LabDriver:
                     f"{err['ename']}: {err['evalue']} ({head!r})"
                 )
                 break
+            if after_fp["hash"] == before_fp["hash"]:
+                # The kernel can go idle a moment before the browser has drawn the new figure (a large
+                # PNG on a loaded machine): give the page a bounded grace period before calling it stuck.
+                after_fp = self._wait_for_change(page, rel, index, before_fp, grace=5.0)
             if after_fp["hash"] == before_fp["hash"]:
                 report.problems.append(
                     f"cell {index}: moving the {name} from {old!r} to {new!r} did not change the output ({head!r})"
