@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from titn_edu import MultiHeadAttention, build_model, capture_attention, pixelify
+import titn_edu.linear as fast_linear
+from titn_edu import Linear, MultiHeadAttention, TransformerBlock, build_model, capture_attention, pixelify, set_fast_path
 
 PRESETS = ["titn-tiny", "tnt-tiny", "vit-tiny", "deit-tiny"]
 
@@ -200,6 +201,7 @@ def test_capture_still_sees_the_same_outputs_and_restores_the_fast_path():
     depth = model.config["depth"]
     assert len(maps.outer) == depth and len(maps.inner) == depth
     assert maps.outer[0].shape == (2, model.config["outer_heads"], model.num_tokens, model.num_tokens)
+    assert maps.outer[-1].shape == maps.outer[0].shape  # the last block is not pruned while recording
     assert all(m._recorder is None and m.fused for m in model.modules() if isinstance(m, MultiHeadAttention))
 
 
@@ -212,3 +214,176 @@ def test_no_graph_breaks(training):
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
     torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------ every fast path at once
+@pytest.mark.parametrize("name", PRESETS + ["titn-tiny-large-patch"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_set_fast_path_off_is_the_same_model(name, training):
+    torch.manual_seed(4)
+    model = build_model(name, num_classes=6, drop_path=0.1).train(training)
+    images = torch.randn(3, 3, 32, 32)
+    fast = run(model, images)
+    assert set_fast_path(model, False) is model
+    assert not model.prune_last_block
+    assert not any(m.fused for m in model.modules() if isinstance(m, (Linear, MultiHeadAttention)))
+    assert_same(fast, run(model, images))
+    set_fast_path(model, True)
+    assert model.prune_last_block and all(m.fused for m in model.modules() if isinstance(m, (Linear, MultiHeadAttention)))
+
+
+def test_set_fast_path_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="nn.Module"):
+        set_fast_path("titn", True)
+    with pytest.raises(TypeError, match="True or False"):
+        set_fast_path(build_model("vit-tiny", num_classes=2), "off")
+
+
+# ------------------------------------------------------------------ last-block pruning
+@pytest.mark.parametrize("name,rows", [("titn-tiny", 2), ("deit-tiny", 2), ("tnt-tiny", 1), ("vit-tiny", 1)])
+def test_last_block_computes_only_the_head_tokens(name, rows):
+    torch.manual_seed(5)
+    model = build_model(name, num_classes=4).train()
+    seen = []
+    model.blocks[-1].outer.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    model.blocks[0].outer.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    model(torch.randn(2, 3, 32, 32))
+    assert seen == [model.num_tokens, rows]  # first block: every token; last block: the heads' tokens
+    seen.clear()
+    model.forward_features(torch.randn(2, 3, 32, 32))  # the public token output is never pruned
+    assert seen == [model.num_tokens, model.num_tokens]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_pruned_forward_equals_full_forward(training):
+    torch.manual_seed(6)
+    model = build_model("titn", num_classes=10, depth=2).train(training)
+    images = torch.randn(4, 3, 32, 32)
+    pruned = run(model, images)
+    model.prune_last_block = False
+    assert_same(pruned, run(model, images))
+
+
+def test_attention_rows_equal_the_same_rows_of_the_full_output():
+    torch.manual_seed(7)
+    block = TransformerBlock(dim=24, num_heads=3)
+    x = torch.randn(2, 9, 24)
+    for rows in ([0, 8], slice(0, 1), [3]):
+        for fused in (True, False):
+            block.attn.fused = fused
+            torch.testing.assert_close(block(x, rows=rows), block(x)[:, rows], atol=1e-6, rtol=1e-5)
+
+
+def test_a_swapped_last_block_is_run_whole():
+    """Coursework swaps modules in; a replacement without ``rows`` must still work."""
+
+    class Plain(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x):
+            return self.block(x)
+
+    torch.manual_seed(8)
+    model = build_model("titn-tiny", num_classes=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(images)
+        model.blocks[-1].outer = Plain(model.blocks[-1].outer)
+        torch.testing.assert_close(model(images), before, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------ the fast Linear
+needs_onednn = pytest.mark.skipif(not fast_linear.onednn_linear_available(), reason="PyTorch built without oneDNN")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Count calls of the oneDNN kernel (and still run it)."""
+    calls = []
+    real = fast_linear._ONEDNN_LINEAR
+    if real is not None:
+        monkeypatch.setattr(fast_linear, "_ONEDNN_LINEAR", lambda *a: calls.append(a[0].shape) or real(*a))
+    return calls
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape,out_features,bias", [((7, 12), 36, True), ((2, 16, 12), 48, False), ((3, 2, 5, 192), 1, True)])
+def test_linear_fast_path_matches_functional_linear_with_gradients(shape, out_features, bias, onednn_calls):
+    torch.manual_seed(9)
+    layer = Linear(shape[-1], out_features, bias=bias)
+    x = torch.randn(*shape)
+    results = []
+    for fused in (True, False):
+        layer.fused = fused
+        xi = x.clone().requires_grad_()
+        layer.zero_grad(set_to_none=True)
+        out = layer(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad, layer.weight.grad) + ((layer.bias.grad,) if bias else ()))
+        if fused:
+            assert len(onednn_calls) == 2  # forward and input gradient
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(onednn_calls) == 2  # nothing more with fused = False
+
+
+@needs_onednn
+def test_linear_fast_path_is_taken_in_the_model_and_counted_flops_are_unchanged(onednn_calls):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model("titn-tiny", num_classes=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(images)
+    assert onednn_calls, "the model never took the oneDNN path"
+    counts = []
+    for enabled in (True, False):
+        set_fast_path(model, enabled)
+        onednn_calls.clear()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.prune_last_block = False  # compare the same work
+            model(images)
+        assert not onednn_calls  # under a dispatch mode the counted (functional) path runs
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
+
+
+@needs_onednn
+def test_linear_falls_back_where_the_fast_path_does_not_apply(onednn_calls):
+    layer = Linear(8, 4)
+    x = torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast still applies
+    assert layer.double()(x.double()).dtype == torch.float64
+    layer.float()
+    per_sample = torch.func.vmap(lambda row: layer(row.unsqueeze(0)))(x)
+    torch.testing.assert_close(per_sample.squeeze(1), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert not onednn_calls
+    compiled = torch.compile(layer, backend="eager")
+    torch.testing.assert_close(compiled(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert not onednn_calls
+
+
+@needs_onednn
+def test_linear_fast_path_supports_double_backward():
+    torch.manual_seed(10)
+    layer = Linear(6, 5)
+    x = torch.randn(4, 6, requires_grad=True)
+    grads = []
+    for fused in (True, False):
+        layer.fused = fused
+        (g,) = torch.autograd.grad(torch.tanh(layer(x)).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        grads.append((g.detach(), gg))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_is_a_drop_in_nn_linear():
+    ours, theirs = Linear(5, 3), torch.nn.Linear(5, 3)
+    assert isinstance(ours, torch.nn.Linear) and repr(ours) == repr(theirs)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5)
+    torch.testing.assert_close(ours(x), theirs(x))

@@ -11,7 +11,9 @@ from .blocks import TITNBlock, TransformerBlock
 from .capture import AttentionMaps, capture_attention
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
 from .layers import DropPath, Mlp
-from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models
+from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models, set_fast_path
+from . import linear
+from .linear import Linear
 from . import data, teachers
 from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
 from .teachers import build_teacher, freeze, list_teachers
@@ -45,6 +47,9 @@ __all__ = [
     "list_models",
     "MODEL_PRESETS",
     "count_parameters",
+    "set_fast_path",
+    "linear",
+    "Linear",
     "capture_attention",
     "AttentionMaps",
     "data",

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .linear import Linear, linear
+
 __all__ = ["scaled_dot_product_attention", "MultiHeadAttention"]
 
 
@@ -138,14 +140,20 @@ class MultiHeadAttention(nn.Module):
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.fused = True
         # Set by titn_edu.capture_attention: a callable taking the (B, h, T, T) weights.
         self._recorder = None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, T, dim) -> (B, T, dim)``."""
+    def forward(self, x: Tensor, *, rows: slice | list[int] | None = None) -> Tensor:
+        """``(B, T, dim) -> (B, T, dim)``.
+
+        ``rows`` (optional): compute only these output tokens, ``(B, len(rows), dim)``. Their
+        queries attend to all ``T`` keys and values, so each computed row equals the same row of
+        the full output; the other rows' queries are never formed. TITN's last block uses this
+        for the class and distillation tokens, the only ones its heads read.
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"MultiHeadAttention expects a torch.Tensor of tokens; got {type(x).__name__}.")
         if x.dim() != 3 or x.shape[-1] != self.dim:
@@ -154,14 +162,13 @@ class MultiHeadAttention(nn.Module):
                 f"MultiHeadAttention(dim={self.dim}) expects tokens of shape (batch, tokens, {self.dim}); "
                 f"got {got}. Add a batch axis with x.unsqueeze(0), or build it with dim=x.shape[-1]."
             )
+        if rows is not None:
+            return self._forward_rows(x, rows)
         qkv = self.qkv(x)  # (B, T, 3·dim), laid out as (three, head, d) along the last axis
         if not self.fused or self._recorder is not None:
             # Reference path: eq. 1 written out, weights materialised (and recorded if asked).
             q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-            out, weights = scaled_dot_product_attention(q, k, v)
-            if self._recorder is not None:
-                self._recorder(weights)
-            return self.proj(rearrange(out, "b h t d -> b t (h d)"))
+            return self._explicit(q, k, v)
         small = self.head_dim <= _SMALL_HEAD_DIM and x.shape[1] <= _PER_HEAD_MAX_TOKENS
         if small and x.device.type == "cpu":
             return self.proj(_attention_per_head(qkv, self.num_heads))
@@ -169,6 +176,24 @@ class MultiHeadAttention(nn.Module):
         # (three, b, h, t, d) view) lets the backward pass write the gradient of qkv with one
         # concatenation instead of a stack followed by a permuted copy.
         q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.num_heads) for t in qkv.chunk(3, dim=-1))
+        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)"))
+
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        out, weights = scaled_dot_product_attention(q, k, v)
+        if self._recorder is not None:
+            self._recorder(weights)
+        return self.proj(rearrange(out, "b h t d -> b t (h d)"))
+
+    def _forward_rows(self, x: Tensor, rows: slice | list[int]) -> Tensor:
+        """Queries for ``x[:, rows]`` only; keys and values for every token (same weights, split)."""
+        w, b = self.qkv.weight, self.qkv.bias
+        d = self.dim
+        q = linear(x[:, rows], w[:d], None if b is None else b[:d], fused=self.qkv.fused)
+        kv = linear(x, w[d:], None if b is None else b[d:], fused=self.qkv.fused)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)
+        k, v = rearrange(kv, "b t (two h d) -> two b h t d", two=2, h=self.num_heads)
+        if not self.fused or self._recorder is not None:
+            return self._explicit(q, k, v)
         return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)"))
 
     def extra_repr(self) -> str:

@@ -19,6 +19,9 @@ class TransformerBlock(nn.Module):
         X' = X + \mathrm{MSA}(\mathrm{LN}(X)), \qquad Y = X' + \mathrm{MLP}(\mathrm{LN}(X'))
 
     with MSA from eq. 2–3, MLP from eq. 4–5 and LN from eq. 6. ``(B, T, dim) -> (B, T, dim)``.
+
+    ``forward(x, rows=...)`` computes only the output tokens ``x[:, rows]`` (every token is still
+    attended to); see :meth:`MultiHeadAttention.forward`.
     """
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
@@ -29,8 +32,11 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: Tensor, *, rows: slice | list[int] | None = None) -> Tensor:
+        if rows is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+        else:  # only the rows asked for: the MLP is per token, attention needs all keys and values
+            x = x[:, rows] + self.drop_path(self.attn(self.norm1(x), rows=rows))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -76,11 +82,16 @@ class TITNBlock(nn.Module):
             self.patch_residual = None
         self.outer = TransformerBlock(dim=outer_dim, num_heads=outer_heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
 
-    def forward(self, pixels: Tensor | None, tokens: Tensor) -> tuple[Tensor | None, Tensor]:
-        """``pixels (B·N, P, c)`` or ``None``, ``tokens (B, T, D)`` -> the same shapes."""
+    def forward(
+        self, pixels: Tensor | None, tokens: Tensor, *, rows: slice | list[int] | None = None
+    ) -> tuple[Tensor | None, Tensor]:
+        """``pixels (B·N, P, c)`` or ``None``, ``tokens (B, T, D)`` -> the same shapes.
+
+        ``rows``: compute only these outer output tokens (``TITN.forward`` uses it in the last block).
+        """
         if self.inner is not None:
             pixels = self.inner(pixels)
             residual = self.patch_residual(pixels, tokens.shape[0])  # (B, N, D)
             # Zero rows for the class token (front) and distillation token (back).
             tokens = tokens + F.pad(residual, (0, 0, self.num_prefix, self.num_suffix))
-        return pixels, self.outer(tokens)
+        return pixels, self.outer(tokens) if rows is None else self.outer(tokens, rows=rows)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .linear import Linear
+
 __all__ = ["Mlp", "DropPath", "LayerNorm"]
 
 #: Eq. 6, :math:`\mathrm{LN}(x) = (x - \mu) / \delta \odot \gamma + \beta` over the last axis.
@@ -22,9 +24,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, *, drop: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
