@@ -387,3 +387,24 @@ def test_linear_is_a_drop_in_nn_linear():
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 5)
     torch.testing.assert_close(ours(x), theirs(x))
+
+
+@needs_onednn
+def test_mlp_fuses_gelu_in_inference_only(onednn_calls):
+    from titn_edu import Mlp
+
+    torch.manual_seed(11)
+    mlp = Mlp(12, 48)
+    x = torch.randn(2, 16, 12)
+    with torch.no_grad():
+        hidden = torch.nn.functional.gelu(torch.nn.functional.linear(x, mlp.fc1.weight, mlp.fc1.bias))
+        reference = torch.nn.functional.linear(hidden, mlp.fc2.weight, mlp.fc2.bias)
+        fused = mlp(x)
+    assert len(onednn_calls) == 2  # fc1 + GELU in one call, then fc2
+    torch.testing.assert_close(fused, reference, atol=1e-6, rtol=1e-5)
+    onednn_calls.clear()
+    seen = []
+    mlp.act.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), reference, atol=1e-6, rtol=1e-5)
+    assert seen == [(2, 16, 48)]  # a hook on the activation sees it run

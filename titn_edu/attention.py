@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .linear import Linear, linear
+from .linear import Linear
 
 __all__ = ["scaled_dot_product_attention", "MultiHeadAttention"]
 
@@ -185,13 +185,10 @@ class MultiHeadAttention(nn.Module):
         return self.proj(rearrange(out, "b h t d -> b t (h d)"))
 
     def _forward_rows(self, x: Tensor, rows: slice | list[int]) -> Tensor:
-        """Queries for ``x[:, rows]`` only; keys and values for every token (same weights, split)."""
-        w, b = self.qkv.weight, self.qkv.bias
-        d = self.dim
-        q = linear(x[:, rows], w[:d], None if b is None else b[:d], fused=self.qkv.fused)
-        kv = linear(x, w[d:], None if b is None else b[d:], fused=self.qkv.fused)
-        q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)
-        k, v = rearrange(kv, "b t (two h d) -> two b h t d", two=2, h=self.num_heads)
+        """Attention output for the tokens ``x[:, rows]`` only: their queries against every key and value."""
+        qkv = self.qkv(x)  # every token: the module runs as usual (hooks, summaries); unused queries are dropped
+        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.num_heads) for t in qkv.chunk(3, dim=-1))
+        q = q[:, :, rows]
         if not self.fused or self._recorder is not None:
             return self._explicit(q, k, v)
         return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from .linear import Linear
+from .linear import Linear, linear_gelu
 
 __all__ = ["Mlp", "DropPath", "LayerNorm"]
 
@@ -30,7 +31,23 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        if self._fuse_gelu():  # inference: GELU applied by the matrix multiply (titn_edu.linear.linear_gelu)
+            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias)
+        else:
+            hidden = self.act(self.fc1(x))
+        return self.drop(self.fc2(self.drop(hidden)))
+
+    def _fuse_gelu(self) -> bool:
+        """No gradients, the library's own exact GELU and fast ``fc1``, and no hooks that expect them to run."""
+        fc1, act = self.fc1, self.act
+        return (
+            not torch.is_grad_enabled()
+            and type(act) is nn.GELU
+            and act.approximate == "none"
+            and type(fc1) is Linear
+            and fc1.fused
+            and not (fc1._forward_hooks or fc1._forward_pre_hooks or act._forward_hooks or act._forward_pre_hooks)
+        )
 
 
 class DropPath(nn.Module):

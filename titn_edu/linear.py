@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Linear", "linear", "onednn_linear_available"]
+__all__ = ["Linear", "linear", "linear_gelu", "onednn_linear_available"]
 
 
 def _find_onednn_linear():
@@ -102,6 +102,22 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return _OneDNNLinear.apply(x, weight, bias)
     return _mm(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
+
+
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool = True) -> Tensor:
+    """``GELU(x Wᵀ + b)`` (exact, erf form): the first half of the MLP, eq. 4.
+
+    When no gradient is needed (inference) and the fast path applies, oneDNN applies the GELU to
+    the product before writing it (one pass over the hidden activations instead of two). Training
+    keeps the two steps, because the GELU's backward pass needs the product itself.
+    """
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    if fused and not needs_grad and _onednn_applies(x, weight, bias):
+        out = _ONEDNN_LINEAR(x.reshape(-1, x.shape[-1]), weight, bias, "gelu", [], "none")
+        return out.view(*x.shape[:-1], weight.shape[0])
+    return F.gelu(linear(x, weight, bias, fused=fused))
 
 
 class Linear(nn.Linear):
