@@ -9,9 +9,12 @@ batch ``B`` (the paper's 32×32 configuration): inner ``(16·B, 16 tokens, 2 hea
 
 * ``unbind``: ``rearrange(qkv, "b t (three h d) -> three b h t d")`` + fused SDPA (the first version);
 * ``split``: q, k, v split along the feature axis, then fused SDPA (``MultiHeadAttention`` on GPU,
-  and on CPU for heads of more than 16 features, e.g. the outer stream);
-* ``per_head``: two batched matmuls per head on strided views of ``qkv`` (``MultiHeadAttention``
-  on CPU for heads of at most 16 features over at most 256 tokens: the inner stream);
+  and on CPU for sequences of more than 128 tokens);
+* ``per_head``: two batched matmuls per head on strided views of ``qkv``, the ``d × T`` products
+  computed transposed, with a written-out backward pass (``MultiHeadAttention`` on CPU for heads
+  of at most 16 features over at most 128 tokens: the inner stream);
+* ``per_head_autograd``: the same two matmuls per head, untransposed, backward by autograd
+  (``MultiHeadAttention`` on CPU for larger heads over at most 128 tokens: the outer stream);
 * ``packed``: all heads in one pair of batched matmuls, other heads' features masked out (not
   used: it is faster still for tiny heads, but multiplies by zeros, so FLOP counts would grow);
 * ``explicit``: eq. 1 with the weights materialised (``fused=False``, the reference).
@@ -35,7 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from einops import rearrange  # noqa: E402
 
-from titn_edu.attention import _attention_per_head, scaled_dot_product_attention  # noqa: E402
+from titn_edu.attention import _attention_per_head, _PerHeadAttention, scaled_dot_product_attention  # noqa: E402
 
 
 def unbind(qkv, h):
@@ -49,6 +52,10 @@ def split(qkv, h):
 
 
 def per_head(qkv, h):
+    return _PerHeadAttention.apply(qkv, h)
+
+
+def per_head_autograd(qkv, h):
     return _attention_per_head(qkv, h)
 
 
@@ -71,7 +78,8 @@ def explicit(qkv, h):
     return rearrange(scaled_dot_product_attention(q, k, v)[0], "b h t d -> b t (h d)")
 
 
-PATHS = {"unbind": unbind, "split": split, "per_head": per_head, "packed": packed, "explicit": explicit}
+PATHS = {"unbind": unbind, "split": split, "per_head": per_head, "per_head_autograd": per_head_autograd,
+         "packed": packed, "explicit": explicit}
 
 
 def main() -> None:
@@ -115,10 +123,10 @@ def main() -> None:
                 job()
                 times[key].append((clock() - start) * 1e3)
         print(f"\n{stream}: {rows} sequences x {tokens} tokens, {heads} heads x {head_dim}")
-        print(f"  {'path':<9} {'forward min':>12} {'median':>8} {'fwd+bwd min':>12} {'median':>8}")
+        print(f"  {'path':<17} {'forward min':>12} {'median':>8} {'fwd+bwd min':>12} {'median':>8}")
         for name in PATHS:
             f, b = times[(name, "forward")], times[(name, "fwd+bwd")]
-            print(f"  {name:<9} {min(f):>12.2f} {statistics.median(f):>8.2f} {min(b):>12.2f} {statistics.median(b):>8.2f}")
+            print(f"  {name:<17} {min(f):>12.2f} {statistics.median(f):>8.2f} {min(b):>12.2f} {statistics.median(b):>8.2f}")
 
 
 if __name__ == "__main__":

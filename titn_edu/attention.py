@@ -5,10 +5,11 @@ Two paths compute the same thing:
 * :func:`scaled_dot_product_attention` is eq. 1 written out with an explicit softmax. It is the
   lesson, and it returns the attention weights so they can be looked at.
 * :class:`MultiHeadAttention` (eq. 2–3) takes a fast path by default, no weights materialised:
-  PyTorch's fused :func:`torch.nn.functional.scaled_dot_product_attention`, except for small heads
-  over short sequences on CPU (TITN's inner stream: 16 tokens, 6 features per head), where two
-  batched matrix multiplies per head are about twice as fast. It falls back to the explicit path
-  when ``fused`` is off or while :func:`titn_edu.capture_attention` is recording weights.
+  PyTorch's fused :func:`torch.nn.functional.scaled_dot_product_attention`, except for short
+  sequences on CPU (TITN's 16 pixel tokens and 18 patch tokens), where two batched matrix
+  multiplies per head are faster: up to twice as fast for the inner stream's 6-feature heads. It
+  falls back to the explicit path when ``fused`` is off or while :func:`titn_edu.capture_attention`
+  is recording weights.
 
 ``tests/test_fast_path.py`` checks that all paths give the same outputs and gradients;
 ``benchmarks/attention_paths.py`` times them.
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .linear import Linear
 
@@ -83,29 +85,69 @@ def scaled_dot_product_attention(
     return weights @ v, weights
 
 
-#: On CPU, attention with heads of at most ``_SMALL_HEAD_DIM`` features over at most
-#: ``_PER_HEAD_MAX_TOKENS`` tokens goes through :func:`_attention_per_head` (TITN's inner stream).
+#: On CPU, attention over at most ``_PER_HEAD_MAX_TOKENS`` tokens runs head by head as batched
+#: matrix multiplies: :class:`_PerHeadAttention` for heads of at most ``_SMALL_HEAD_DIM`` features
+#: (TITN's inner stream), :func:`_attention_per_head` for larger ones (the outer stream).
 _SMALL_HEAD_DIM = 16
-_PER_HEAD_MAX_TOKENS = 256
+_PER_HEAD_MAX_TOKENS = 128
+
+
+def _split_heads(qkv: Tensor, num_heads: int) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """``(B, T, 3·h·d)`` -> ``(q_1..q_h), (k_1..k_h), (v_1..v_h)``, each a strided ``(B, T, d)`` view (no copy)."""
+    parts = qkv.split(qkv.shape[-1] // (3 * num_heads), dim=-1)
+    return parts[:num_heads], parts[num_heads:2 * num_heads], parts[2 * num_heads:]
 
 
 def _attention_per_head(qkv: Tensor, num_heads: int) -> Tensor:
-    r"""Eq. 1–2 for short sequences with small heads on CPU (TITN's inner stream).
+    r"""Eq. 1–2 head by head, ``(B, T, 3·h·d) -> (B, T, h·d)``: two batched matrix multiplies per head.
 
-    ``(B, T, 3·h·d) -> (B, T, h·d)``: :math:`\mathrm{head}_i = \mathrm{softmax}(Q_i K_i^T/\sqrt{d})\,V_i`
-    as two batched matrix multiplies per head, then the heads are concatenated. ``Q_i, K_i, V_i``
-    are strided views of ``qkv`` (no permute, no copy), and the backward pass writes the gradient
-    of ``qkv`` with one concatenation. On CPU the fused kernel works through every
-    (sequence, head) pair on its own, in blocks sized for long sequences and large heads; for
-    TITN's 16 pixel tokens with 6 features per head, two matmuls per head are about twice as
-    fast (forward + backward). For the outer stream (64 features per head) the two are close and
-    the fused kernel is kept. See ``benchmarks/attention_paths.py``.
+    For short sequences on CPU (TITN's outer stream: 18 tokens, 64 features per head) this is
+    faster than the fused kernel, forward and backward; autograd writes the backward pass.
     """
-    parts = qkv.split(qkv.shape[-1] // (3 * num_heads), dim=-1)  # q_1..q_h, k_1..k_h, v_1..v_h: (B, T, d)
-    q, k, v = parts[:num_heads], parts[num_heads:2 * num_heads], parts[2 * num_heads:]
+    q, k, v = _split_heads(qkv, num_heads)
     scale = q[0].shape[-1] ** -0.5
-    heads = [torch.bmm(torch.bmm(q[i] * scale, k[i].transpose(1, 2)).softmax(dim=-1), v[i]) for i in range(num_heads)]
+    heads = [torch.bmm(torch.bmm(q[i], k[i].transpose(1, 2)).mul_(scale).softmax(dim=-1), v[i]) for i in range(num_heads)]
     return torch.cat(heads, dim=-1)
+
+
+class _PerHeadAttention(torch.autograd.Function):
+    r"""Eq. 1–2 for many short sequences with small heads on CPU (TITN's inner stream).
+
+    ``(B, T, 3·h·d) -> (B, T, h·d)``: per head, :math:`A = \mathrm{softmax}(QK^T/\sqrt{d})` and
+    :math:`AV`, then the heads are concatenated. For TITN's 16 pixel tokens with 6 features per
+    head, PyTorch's fused CPU kernel, built for long sequences, is about half as fast as batched
+    matrix multiplies. Among those, a product that *outputs* ``d × T`` is about 3× faster than one
+    that outputs ``T × d``, so every such product is computed transposed — :math:`(AV)^T = V^T A^T`
+    and, in the backward pass written out here, :math:`dV^T = dO^T A`, :math:`dQ^T = K^T dS^T`,
+    :math:`dK^T = Q^T dS` — and the transposes are free views. ``tests/test_fast_path.py`` checks
+    outputs and gradients against eq. 1; ``benchmarks/attention_paths.py`` times the paths.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, num_heads: int) -> Tensor:
+        q, k, v = _split_heads(qkv, num_heads)
+        scale = q[0].shape[-1] ** -0.5
+        weights = [torch.bmm(q[i], k[i].transpose(1, 2)).mul_(scale).softmax(dim=-1) for i in range(num_heads)]
+        heads = [torch.bmm(v[i].transpose(1, 2), weights[i].transpose(1, 2)) for i in range(num_heads)]  # (AV)^T
+        ctx.save_for_backward(qkv, *weights)
+        ctx.num_heads, ctx.scale = num_heads, scale
+        return torch.cat([o.transpose(1, 2) for o in heads], dim=-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        qkv, *weights = ctx.saved_tensors
+        q, k, v = _split_heads(qkv, ctx.num_heads)
+        d = q[0].shape[-1]
+        grad_q, grad_k, grad_v = [], [], []
+        for i, a in enumerate(weights):
+            grad_out = grad[..., i * d:(i + 1) * d]
+            grad_v.append(torch.bmm(grad_out.transpose(1, 2), a))  # dV^T = dO^T A
+            grad_a = torch.bmm(grad_out, v[i].transpose(1, 2))  # dA = dO V^T
+            grad_s = torch._softmax_backward_data(grad_a, a, -1, a.dtype).mul_(ctx.scale)
+            grad_q.append(torch.bmm(k[i].transpose(1, 2), grad_s.transpose(1, 2)))  # dQ^T = K^T dS^T
+            grad_k.append(torch.bmm(q[i].transpose(1, 2), grad_s))  # dK^T = Q^T dS
+        return torch.cat([g.transpose(1, 2) for g in grad_q + grad_k + grad_v], dim=-1), None
 
 
 class MultiHeadAttention(nn.Module):
@@ -169,8 +211,9 @@ class MultiHeadAttention(nn.Module):
             # Reference path: eq. 1 written out, weights materialised (and recorded if asked).
             q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
             return self._explicit(q, k, v)
-        small = self.head_dim <= _SMALL_HEAD_DIM and x.shape[1] <= _PER_HEAD_MAX_TOKENS
-        if small and x.device.type == "cpu":
+        if x.device.type == "cpu" and x.shape[1] <= _PER_HEAD_MAX_TOKENS and not torch.compiler.is_compiling():
+            if self.head_dim <= _SMALL_HEAD_DIM:
+                return self.proj(_PerHeadAttention.apply(qkv, self.num_heads))
             return self.proj(_attention_per_head(qkv, self.num_heads))
         # Fused kernel. Splitting along the last axis (rather than unbinding a permuted
         # (three, b, h, t, d) view) lets the backward pass write the gradient of qkv with one
