@@ -24,7 +24,7 @@ from titn_edu import build_model  # noqa: E402
 from titn_edu.bench import _make_step, build_timm_tnt  # noqa: E402
 
 KINDS = {
-    "matmul (Linear)": ("aten::mm", "aten::addmm"),
+    "matmul (Linear)": ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"),
     "attention": ("aten::bmm", "aten::_softmax", "aten::_softmax_backward_data", "scaled_dot_product"),
     "layer norm": ("layer_norm",),
     "GELU": ("gelu",),

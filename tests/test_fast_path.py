@@ -408,3 +408,16 @@ def test_mlp_fuses_gelu_in_inference_only(onednn_calls):
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), reference, atol=1e-6, rtol=1e-5)
     assert seen == [(2, 16, 48)]  # a hook on the activation sees it run
+
+
+def test_small_head_attention_refuses_double_backward_and_the_reference_path_gives_it():
+    torch.manual_seed(12)
+    mha = MultiHeadAttention(12, 2)
+    x = torch.randn(2, 16, 12, requires_grad=True)
+    (g,) = torch.autograd.grad(mha(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
+        g.sum().backward()
+    mha.fused = False
+    (g,) = torch.autograd.grad(mha(x).pow(2).sum(), x, create_graph=True)
+    g.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

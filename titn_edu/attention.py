@@ -167,7 +167,9 @@ class MultiHeadAttention(nn.Module):
 
     Attributes:
         fused: take the fast path (default; see the module docstring). Set it to ``False`` for
-            the explicit eq. 1 path; both give the same result.
+            the explicit eq. 1 path; both give the same result. The CPU path for small heads
+            writes its backward pass by hand and gives first derivatives only: for gradients of
+            gradients use ``fused=False`` (or :func:`titn_edu.set_fast_path`).
     """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = False) -> None:
@@ -211,10 +213,10 @@ class MultiHeadAttention(nn.Module):
             # Reference path: eq. 1 written out, weights materialised (and recorded if asked).
             q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
             return self._explicit(q, k, v)
-        if x.device.type == "cpu" and x.shape[1] <= _PER_HEAD_MAX_TOKENS and not torch.compiler.is_compiling():
-            if self.head_dim <= _SMALL_HEAD_DIM:
+        if x.device.type == "cpu" and x.shape[1] <= _PER_HEAD_MAX_TOKENS:
+            if self.head_dim <= _SMALL_HEAD_DIM and not torch.compiler.is_compiling():
                 return self.proj(_PerHeadAttention.apply(qkv, self.num_heads))
-            return self.proj(_attention_per_head(qkv, self.num_heads))
+            return self.proj(_attention_per_head(qkv, self.num_heads))  # torch.compile fuses its softmax
         # Fused kernel. Splitting along the last axis (rather than unbinding a permuted
         # (three, b, h, t, d) view) lets the backward pass write the gradient of qkv with one
         # concatenation instead of a stack followed by a permuted copy.
