@@ -53,16 +53,17 @@ def assert_same(a, b, *, atol=1e-5, rtol=1e-4):
                                    msg=lambda m: f"gradient of {name}: {m}")
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS + ["titn-tiny-large-patch"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_fused_equals_explicit_attention(name, training):
+@pytest.mark.parametrize("switch", ["attention", "all"])
+def test_fast_paths_off_give_the_same_model(name, training, switch):
+    """``attention``: ``MultiHeadAttention.fused = False`` only; ``all``: ``set_fast_path(model, False)``."""
     torch.manual_seed(0)
     model = build_model(name, num_classes=7, drop_path=0.1).train(training)
     images = torch.randn(3, 3, 32, 32)
     fast = run(model, images)
-    set_fused(model, False)
-    reference = run(model, images)
-    assert_same(fast, reference)
+    set_fused(model, False) if switch == "attention" else set_fast_path(model, False)
+    assert_same(fast, run(model, images))
 
 
 def test_full_size_titn_fast_path_matches_reference():
@@ -158,24 +159,30 @@ def test_model_equals_plain_reference(name, training):
 
 
 # --------------------------------------------------------------------- attention unit
+def fused_and_reference(module, x, params):
+    """Forward + backward with ``module.fused`` True, then False: (output, input grad, *param grads) each."""
+    results = []
+    for fused in (True, False):
+        module.fused = fused
+        xi = x.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        out = module(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), xi.grad) + tuple(p.grad.clone() for p in params))
+    return results
+
+
 @pytest.mark.parametrize(
     "shape,heads",
-    [((2, 16, 12), 2), ((3, 18, 64), 4), ((1, 1, 8), 1), ((4, 5, 6), 3),  # small heads: per-head matmuls on CPU
-     ((2, 18, 192), 3), ((1, 300, 12), 2)],  # larger heads or long sequences: the fused kernel
+    [((2, 16, 12), 2), ((3, 18, 64), 4), ((1, 1, 8), 1), ((4, 5, 6), 3),  # small heads, short: transposed products
+     ((2, 18, 192), 3),  # larger heads, short: per-head matmuls with autograd's backward
+     ((1, 300, 12), 2), ((2, 150, 12), 2)],  # long sequences: the fused kernel
 )
 def test_multi_head_attention_paths_agree_with_gradients(shape, heads):
     torch.manual_seed(0)
     mha = MultiHeadAttention(shape[-1], heads)
-    x = torch.randn(*shape)
-    results = []
-    for fused in (True, False):
-        mha.fused = fused
-        xi = x.clone().requires_grad_()
-        mha.zero_grad(set_to_none=True)
-        out = mha(xi)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out.detach(), xi.grad, mha.qkv.weight.grad.clone(), mha.proj.weight.grad.clone()))
-    for a, b in zip(*results):
+    fast, reference = fused_and_reference(mha, torch.randn(*shape), [mha.qkv.weight, mha.proj.weight])
+    for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -217,19 +224,13 @@ def test_no_graph_breaks(training):
 
 
 # ------------------------------------------------------------------ every fast path at once
-@pytest.mark.parametrize("name", PRESETS + ["titn-tiny-large-patch"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_set_fast_path_off_is_the_same_model(name, training):
-    torch.manual_seed(4)
-    model = build_model(name, num_classes=6, drop_path=0.1).train(training)
-    images = torch.randn(3, 3, 32, 32)
-    fast = run(model, images)
+def test_set_fast_path_switches_every_fast_path():
+    model = build_model("titn-tiny", num_classes=6)
+    fast_modules = [m for m in model.modules() if isinstance(m, (Linear, MultiHeadAttention))]
     assert set_fast_path(model, False) is model
-    assert not model.prune_last_block
-    assert not any(m.fused for m in model.modules() if isinstance(m, (Linear, MultiHeadAttention)))
-    assert_same(fast, run(model, images))
+    assert not model.prune_last_block and not any(m.fused for m in fast_modules)
     set_fast_path(model, True)
-    assert model.prune_last_block and all(m.fused for m in model.modules() if isinstance(m, (Linear, MultiHeadAttention)))
+    assert model.prune_last_block and all(m.fused for m in fast_modules)
 
 
 def test_set_fast_path_rejects_bad_arguments():
@@ -313,20 +314,10 @@ def onednn_calls(monkeypatch):
 def test_linear_fast_path_matches_functional_linear_with_gradients(shape, out_features, bias, onednn_calls):
     torch.manual_seed(9)
     layer = Linear(shape[-1], out_features, bias=bias)
-    x = torch.randn(*shape)
-    results = []
-    for fused in (True, False):
-        layer.fused = fused
-        xi = x.clone().requires_grad_()
-        layer.zero_grad(set_to_none=True)
-        out = layer(xi)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        results.append((out.detach(), xi.grad, layer.weight.grad) + ((layer.bias.grad,) if bias else ()))
-        if fused:
-            assert len(onednn_calls) == 2  # forward and input gradient
-    for a, b in zip(*results):
+    fast, reference = fused_and_reference(layer, torch.randn(*shape), [p for p in (layer.weight, layer.bias) if p is not None])
+    assert len(onednn_calls) == 2  # forward and input gradient with fused = True; nothing with fused = False
+    for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert len(onednn_calls) == 2  # nothing more with fused = False
 
 
 @needs_onednn
