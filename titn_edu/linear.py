@@ -3,9 +3,9 @@
 :class:`Linear` is :class:`torch.nn.Linear` (same parameters, same ``state_dict``, same maths) whose
 forward, on CPU in float32, calls oneDNN's matrix multiply instead of the BLAS one
 ``torch.nn.functional.linear`` uses there. On the shapes TITN runs (e.g. 2,304 outer tokens × 192
-features, or 32,768 pixel tokens × 12) it is 5–50 % faster for the forward pass and the input
-gradient (``benchmarks/linear_kernels.py``); the weight gradient stays with the BLAS kernel, which
-is faster for it. Results agree with :func:`torch.nn.functional.linear` to float32 rounding
+features, or 32,768 pixel tokens × 12) it is about 10 % (outer) to 2× (inner) faster for the
+forward pass and the input gradient (``benchmarks/linear_kernels.py``); the weight gradient stays
+with the BLAS kernel, which is faster for it. Results agree with :func:`torch.nn.functional.linear` to float32 rounding
 (``tests/test_fast_path.py``).
 
 It falls back to :func:`torch.nn.functional.linear` — the explicit path, and the one every other
