@@ -86,7 +86,7 @@ class _OneDNNLinear(torch.autograd.Function):
             if differentiable:
                 grad_x = grad2d @ weight
             else:
-                grad_x = _mm(grad2d, weight.t().contiguous(), None)
+                grad_x = _mm(grad2d, weight.t(), None)  # a transposed view: oneDNN reads it in place
             grad_x = grad_x.view(x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = grad2d.t() @ x.reshape(-1, x.shape[-1])
