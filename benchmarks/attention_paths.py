@@ -127,6 +127,24 @@ def main() -> None:
         for name in PATHS:
             f, b = times[(name, "forward")], times[(name, "fwd+bwd")]
             print(f"  {name:<17} {min(f):>12.2f} {statistics.median(f):>8.2f} {min(b):>12.2f} {statistics.median(b):>8.2f}")
+    product_orientation(args.batch, args.reps, clock)
+
+
+def product_orientation(batch: int, reps: int, clock) -> None:
+    """One head's ``A V`` for the inner stream, computed as is (outputs ``T × d``) and transposed (``d × T``)."""
+    a, v = torch.randn(16 * batch, 16, 16).softmax(-1), torch.randn(16 * batch, 16, 6)
+    jobs = {"A V      -> (T x d)": lambda: torch.bmm(a, v),
+            "Vt At    -> (d x T)": lambda: torch.bmm(v.transpose(1, 2), a.transpose(1, 2))}
+    torch.testing.assert_close(jobs["A V      -> (T x d)"](), jobs["Vt At    -> (d x T)"]().transpose(1, 2))
+    times = {key: [] for key in jobs}
+    for _ in range(reps):
+        for key, job in jobs.items():
+            start = clock()
+            job()
+            times[key].append((clock() - start) * 1e3)
+    print(f"\ninner stream, one head's product, {16 * batch} sequences (ms per call, min / median):")
+    for key, t in times.items():
+        print(f"  {key}  {min(t):.3f} / {statistics.median(t):.3f}")
 
 
 if __name__ == "__main__":

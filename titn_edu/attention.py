@@ -116,7 +116,7 @@ class _PerHeadAttention(torch.autograd.Function):
     ``(B, T, 3·h·d) -> (B, T, h·d)``: per head, :math:`A = \mathrm{softmax}(QK^T/\sqrt{d})` and
     :math:`AV`, then the heads are concatenated. For TITN's 16 pixel tokens with 6 features per
     head, PyTorch's fused CPU kernel, built for long sequences, is about half as fast as batched
-    matrix multiplies. Among those, a product that *outputs* ``d × T`` is about 3× faster than one
+    matrix multiplies. Among those, a product that *outputs* ``d × T`` is 2–3× faster than one
     that outputs ``T × d``, so every such product is computed transposed — :math:`(AV)^T = V^T A^T`
     and, in the backward pass written out here, :math:`dV^T = dO^T A`, :math:`dQ^T = K^T dS^T`,
     :math:`dK^T = Q^T dS` — and the transposes are free views. ``tests/test_fast_path.py`` checks
