@@ -46,6 +46,27 @@ def test_train_writes_metrics_and_loadable_checkpoints(tiny_run):
         assert {"last.pt", "best.pt", "history.json"} <= {p.name for p in (tiny_run / stage).iterdir()}
 
 
+def test_train_with_data_on_the_device_and_a_bf16_teacher(tiny_run, tmp_path, monkeypatch):
+    import titn_edu.device_data as device_data
+
+    made = []
+    real_init = device_data.DeviceLoader.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append((len(self.images), self.batch_size))
+
+    monkeypatch.setattr(device_data.DeviceLoader, "__init__", spy)
+    assert main(["train", *TINY, "--device-data", "--teacher-bf16", "--output", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["config"]["device_data"] is True
+    assert made == [(60, 20), (60, 20)]  # teacher and student each fed by a DeviceLoader (--limit 60)
+    student = json.loads((tmp_path / "student" / "history.json").read_text())
+    assert len(student["epochs"]) == 1
+    plain = json.loads((tiny_run / "metrics.json").read_text())
+    assert plain["config"]["device_data"] is False  # CPU default: the per-image path
+
+
 def test_evaluate_command(tiny_run, tmp_path, capsys):
     code = main(["evaluate", str(tiny_run / "student"), "--limit", "20", "--output", str(tmp_path), "--threads", "1"])
     assert code == 0

@@ -124,3 +124,77 @@ def test_an_unfrozen_teacher_trains():
     loss.backward()
     assert all(p.grad is not None for p in teacher.parameters())
     assert teachers.SmallCNN is type(teacher)
+
+
+# ------------------------------------------------------------------ running a teacher fast
+from titn_edu import build_model  # noqa: E402
+from titn_edu.teachers import teacher_logits, to_channels_last  # noqa: E402
+
+
+def _trained_like(name, in_chans=3):
+    torch.manual_seed(0)
+    model = freeze(build_teacher(name, num_classes=10, in_chans=in_chans))
+    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("name,in_chans", [("cnn-small", 1), ("vgg16_bn", 3), ("resnet18", 3)])
+def test_teacher_logits_channels_last_equals_the_plain_forward(name, in_chans):
+    teacher = _trained_like(name, in_chans)
+    images = torch.randn(6, in_chans, 32, 32)
+    with torch.no_grad():
+        expected = teacher(images)
+    assert to_channels_last(teacher) is True
+    conv = next(m for m in teacher.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    got = teacher_logits(teacher, images)
+    assert got.dtype == torch.float32 and not got.is_inference() and not got.requires_grad
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert images.is_contiguous()  # the caller's batch is not changed
+
+
+def test_teacher_logits_can_enter_the_students_loss_and_backward():
+    teacher = _trained_like("cnn-small")
+    to_channels_last(teacher)
+    images = torch.randn(4, 3, 32, 32)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    t = teacher_logits(teacher, images)
+    # soft distillation saves a function of the teacher's logits for backward; hard uses argmax
+    loss = nn.functional.kl_div(student(images).log_softmax(-1), t.softmax(-1), reduction="batchmean")
+    loss = loss + nn.functional.cross_entropy(student(images), t.argmax(-1))
+    loss.backward()
+    assert student[1].weight.grad is not None
+
+
+def test_teacher_logits_bf16_is_close_and_float32_inside_autocast_is_exact():
+    teacher = _trained_like("cnn-small")
+    images = torch.randn(8, 3, 32, 32)
+    exact = teacher_logits(teacher, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the student's region must not leak into the teacher
+        inside = teacher_logits(teacher, images)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, exact, rtol=0, atol=0)
+    half = teacher_logits(teacher, images, bf16=True)
+    assert half.dtype == torch.float32 and not torch.equal(half, exact)  # it did run in bf16
+    torch.testing.assert_close(half, exact, rtol=0.05, atol=0.05)
+
+
+def test_teacher_logits_of_a_two_headed_teacher_is_the_mean_of_its_heads():
+    torch.manual_seed(0)
+    titn = build_model("titn", num_classes=10)
+    assert to_channels_last(titn) is False  # no convolution: left as it is
+    titn.train()  # two heads in training mode
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cls, dist = titn(images)
+    torch.testing.assert_close(teacher_logits(titn, images), (cls + dist) / 2)
+
+
+def test_teacher_logits_rejects_non_tensors():
+    with pytest.raises(TypeError, match="images must be a tensor"):
+        teacher_logits(_trained_like("cnn-small"), [[0.0]])
+    with pytest.raises(TypeError, match="nn.Module"):
+        to_channels_last("vgg")

@@ -60,6 +60,21 @@ def test_teacher_frozen_in_eval_and_sees_the_same_mixed_batch():
     assert history[-1]["train_distill_loss"] is not None
 
 
+def test_cnn_teacher_runs_channels_last_and_bf16_only_when_asked(tmp_path):
+    student, teacher = tiny_student(), tiny_teacher()
+    dtypes = []
+    teacher.features[0][0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    fit(student, toy_data(), epochs=1, teacher=teacher, output_dir=tmp_path / "f32", **FAST)
+    assert teacher.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert dtypes and set(dtypes) == {torch.float32}  # CPU default: float32 teacher
+    assert load_checkpoint(tmp_path / "f32" / "last.pt")["extra"]["fit_config"]["teacher_bf16"] is False
+    dtypes.clear()
+    history = fit(tiny_student(), toy_data(), epochs=1, teacher=teacher, teacher_bf16=True, **FAST)
+    assert set(dtypes) == {torch.bfloat16} and history[-1]["teacher_agreement"] is not None
+    with pytest.raises(TypeError, match="teacher_bf16 must be True, False or None"):
+        fit(tiny_student(), toy_data(), epochs=1, teacher=teacher, teacher_bf16="yes", **FAST)
+
+
 def test_teacher_class_count_must_match():
     with pytest.raises(ValueError, match="classes"):
         fit(tiny_student(num_classes=4), toy_data(), epochs=1, teacher=tiny_teacher(num_classes=10), **FAST)

@@ -16,7 +16,9 @@ from . import linear
 from .linear import Linear
 from . import data, teachers
 from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
-from .teachers import build_teacher, freeze, list_teachers
+from . import device_data
+from .device_data import BatchAugment, DeviceLoader
+from .teachers import build_teacher, freeze, list_teachers, teacher_logits
 from . import losses, metrics, train
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .losses import TITNLoss, cutmix_cross_entropy
@@ -60,10 +62,14 @@ __all__ = [
     "batch_mixer",
     "export_dataset",
     "make_loader",
+    "device_data",
+    "BatchAugment",
+    "DeviceLoader",
     "teachers",
     "build_teacher",
     "list_teachers",
     "freeze",
+    "teacher_logits",
     "__version__",
     "losses",
     "metrics",

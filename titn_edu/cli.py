@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU threads for PyTorch; auto = the cores not already busy (default)")
     tr.add_argument("--num-workers", type=_int_at_least(0, "--num-workers"), default=0, help="DataLoader workers")
     tr.add_argument("--compile", action="store_true", help="torch.compile the student (CUDA)")
+    tr.add_argument("--device-data", action=argparse.BooleanOptionalAction, default=None,
+                    help="keep the training images on the device and augment whole batches there "
+                         "(titn_edu.DeviceLoader; default: on CUDA only)")
+    tr.add_argument("--teacher-bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="run the teacher under bf16 autocast (default: on CUDA only)")
     tr.add_argument("--data-root", help="data folder (default: $TITN_EDU_DATA, else the per-user cache)")
     tr.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                     help="download missing data (default: only when not found locally)")
@@ -390,7 +395,8 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     start = time.perf_counter()
     from . import __version__
     from .checkpoint import load_model
-    from .data import IN_CHANS, NUM_CLASSES
+    from .data import IN_CHANS, NUM_CLASSES, ImageArrayDataset
+    from .device_data import DeviceLoader
     from .losses import TITNLoss
     from .model import build_model
     from .teachers import build_teacher
@@ -440,6 +446,16 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _say(f"{name}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test images; "
          f"device {device}, {threads} thread(s)")
     common = dict(device=device, progress=args.progress, num_workers=args.num_workers)
+    device_data = device.type == "cuda" if args.device_data is None else args.device_data
+    record["config"]["device_data"] = device_data
+
+    def feed(data: Any, batch_size: int, limit: int | None = None) -> Any:
+        """The training data as fit gets it: a DeviceLoader (--device-data) or the dataset itself."""
+        if limit is not None and limit < len(data):
+            data = data.subset(range(limit)) if isinstance(data, ImageArrayDataset) else torch.utils.data.Subset(data, range(limit))
+        if device_data and isinstance(data, ImageArrayDataset):
+            return DeviceLoader(data, name, batch_size=batch_size, train=True, augment=s["augment"], device=device)
+        return data
 
     # ---- teacher
     teacher_row = None
@@ -448,14 +464,13 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         _say(f"teacher: loaded {teacher_ref}")
     elif teacher is not None:
         t_start = time.perf_counter()
-        t_train = train
-        if s.get("teacher_limit") and s["teacher_limit"] < len(train):
-            t_train = torch.utils.data.Subset(train, range(s["teacher_limit"]))
+        t_batch = s.get("teacher_batch_size") or s["batch_size"]
+        t_train = feed(train, t_batch, s.get("teacher_limit"))
         _say(f"teacher: training {teacher_ref} for {s['teacher_epochs'] or s['epochs']} epoch(s)")
         history = _train_stage(
             teacher, t_train, val, out=out / "teacher", resume=bool(args.resume),
             epochs=s["teacher_epochs"] or s["epochs"], optimizer=s.get("teacher_optimizer") or s["optimizer"],
-            lr=s.get("teacher_lr") or s["lr"], batch_size=s.get("teacher_batch_size") or s["batch_size"],
+            lr=s.get("teacher_lr") or s["lr"], batch_size=t_batch,
             mixing=s.get("teacher_mixing") or s["mixing"], mix_alpha=s["mix_alpha"],
             warmup_epochs=s["warmup_epochs"], run_info={"dataset": name, "role": "teacher"}, **common,
         )
@@ -476,7 +491,8 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _say(f"student: training {s['model']} for {s['epochs']} epoch(s)" + (" with distillation" if teacher is not None else ""))
     loss = TITNLoss(alpha=s["alpha"], distillation=s["distillation"], tau=s["tau"])
     history = _train_stage(
-        student, train, val, out=out / "student", resume=bool(args.resume), epochs=s["epochs"], teacher=teacher,
+        student, feed(train, s["batch_size"]), val, out=out / "student", resume=bool(args.resume), epochs=s["epochs"],
+        teacher=teacher, teacher_bf16=args.teacher_bf16,
         loss=loss, optimizer=s["optimizer"], lr=s["lr"], batch_size=s["batch_size"], mixing=s["mixing"],
         mix_alpha=s["mix_alpha"], warmup_epochs=s["warmup_epochs"], compile=args.compile,
         run_info={"dataset": name, "role": "student"}, **common,

@@ -10,17 +10,23 @@ VGG16-BN after comparing eight CNN teachers on CIFAR-100 (Table 2). Here:
   (``"torchvision/vgg16_bn"`` is the 224-sized original, the one behind the paper's parameter count).
 
 :func:`freeze` turns a trained network into a teacher: no gradients, and ``eval()`` for good.
+:func:`teacher_logits` runs it the fast way (inference mode, channels-last convolutions, optional
+bf16); ``python benchmarks/teacher_path.py`` measures each of those choices.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["VGGTeacher", "SmallCNN", "build_teacher", "list_teachers", "freeze", "is_frozen"]
+__all__ = [
+    "VGGTeacher", "SmallCNN", "build_teacher", "list_teachers", "freeze", "is_frozen", "to_channels_last",
+    "teacher_logits",
+]
 
 _TV_PREFIX = "torchvision/"
 
@@ -266,3 +272,62 @@ def is_frozen(model: nn.Module) -> bool:
     """Whether ``model`` went through :func:`freeze` (and no parameter was unfrozen since)."""
     return isinstance(model.__dict__.get("train"), _StayInEval) and not any(p.requires_grad for p in model.parameters())
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a teacher fast
+# --------------------------------------------------------------------------------------------------
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def to_channels_last(model: nn.Module) -> bool:
+    """Store a CNN's 4-D weights channels-last (NHWC), in place; return whether it has convolutions.
+
+    oneDNN on CPUs and tensor cores on GPUs run convolutions fastest in this layout, and a
+    channels-last network keeps its activations channels-last from layer to layer. Values, the
+    ``state_dict`` keys and results (up to float rounding) are unchanged; a model without
+    ``Conv2d`` (a TITN) is left as it is.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_channels_last expects an nn.Module; got {type(model).__name__}.")
+    if _first_conv(model) is None:
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True
+
+
+def teacher_logits(teacher: nn.Module, images: Tensor, *, bf16: bool = False) -> Tensor:
+    """The teacher's logits for a batch, computed the fast way (paper Alg. 1: θ_T only predicts).
+
+    * under ``torch.inference_mode()``: no graph, no version counters;
+    * the images are made channels-last when the teacher's convolutions are (:func:`to_channels_last`);
+    * ``bf16=True``: under bf16 autocast on the images' device (CUDA, or CPUs with native bf16 such
+      as AVX-512 BF16 / AMX). The logits only pick hard labels (eq. 10) or are softened, so bf16
+      rounding rarely matters, but it can flip a near tie; the default keeps float32, even inside
+      an autocast region.
+
+    Returns float32 logits ``(B, num_classes)`` as an ordinary tensor (usable in the student's loss);
+    a two-headed teacher (a TITN) gives the mean of its heads, as its ``eval()`` forward does.
+    """
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a tensor (B, C, H, W); got {type(images).__name__}.")
+    conv = _first_conv(teacher)
+    if conv is not None and images.dim() == 4 and conv.weight.is_contiguous(memory_format=torch.channels_last):
+        images = images.contiguous(memory_format=torch.channels_last)
+    kind = images.device.type
+    if kind not in ("cpu", "cuda", "mps", "xpu"):
+        cast = nullcontext()
+    elif bf16:
+        cast = torch.autocast(kind, dtype=torch.bfloat16)
+    else:  # float32 even inside the student's autocast region
+        cast = torch.autocast(kind, enabled=False)
+    with torch.inference_mode(), cast:
+        out = teacher(images)
+    if isinstance(out, (tuple, list)):
+        out = (out[0].float() + out[1].float()) / 2
+    out = out.float()
+    # An op outside inference mode (here clone) turns an inference tensor into an ordinary one.
+    return out.clone() if out.is_inference() else out

@@ -43,10 +43,12 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from .checkpoint import _unwrap, load_checkpoint, model_spec, save_checkpoint
+from .device_data import DeviceLoader
 from .losses import TITNLoss
 from .metrics import _topk_hits, confusion_matrix, count_flops, precision_recall_f1
 from .model import count_parameters
-from .teachers import freeze
+from .teachers import freeze, to_channels_last
+from .teachers import teacher_logits as teacher_logits_fn
 from .utils import resolve_device, save_json, seed_everything, set_rng_state
 
 __all__ = ["fit", "evaluate", "History", "LivePlot", "OPTIMIZER_PRESETS", "build_optimizer", "warmup_cosine"]
@@ -235,8 +237,8 @@ def _preset(name: Any) -> dict[str, Any]:
 
 
 # ============================================================================ data helpers
-def _as_dataset(data: Any, what: str) -> Dataset | DataLoader:
-    if isinstance(data, (Dataset, DataLoader)):
+def _as_dataset(data: Any, what: str) -> Dataset | DataLoader | DeviceLoader:
+    if isinstance(data, (Dataset, DataLoader, DeviceLoader)):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         images, labels = data
@@ -244,13 +246,13 @@ def _as_dataset(data: Any, what: str) -> Dataset | DataLoader:
             raise ValueError(f"{what}: images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in length.")
         return TensorDataset(images, labels)
     raise TypeError(
-        f"{what} must be a torch Dataset, a DataLoader or an (images, labels) pair of tensors; "
+        f"{what} must be a torch Dataset, a DataLoader, a titn_edu DeviceLoader or an (images, labels) pair of tensors; "
         f"got {type(data).__name__}."
     )
 
 
-def _loader(data: Dataset | DataLoader, *, batch_size: int, train: bool, num_workers: int, pin: bool) -> DataLoader:
-    if isinstance(data, DataLoader):
+def _loader(data: Any, *, batch_size: int, train: bool, num_workers: int, pin: bool) -> DataLoader | DeviceLoader:
+    if isinstance(data, (DataLoader, DeviceLoader)):
         return data
     n = len(data)  # type: ignore[arg-type]
     if n == 0:
@@ -475,6 +477,7 @@ def fit(
     live_plot: bool | LivePlot = False,
     callbacks: Iterable[Callable[[dict], Any]] = (),
     amp: bool = True,
+    teacher_bf16: bool | None = None,
     compile: bool = False,
     num_workers: int = 0,
     eval_batch_size: int | None = None,
@@ -484,11 +487,13 @@ def fit(
 
     Args:
         model: the student (e.g. :func:`titn_edu.build_model`), or any classifier (a teacher).
-        train_data, val_data: Datasets of ``(image, label)``, DataLoaders, or ``(images, labels)``
-            tensor pairs. ``val_data`` (optional) is evaluated after every epoch and picks ``best.pt``.
+        train_data, val_data: Datasets of ``(image, label)``, DataLoaders,
+            :class:`~titn_edu.device_data.DeviceLoader` (data and augmentation on the device, for
+            GPUs), or ``(images, labels)`` tensor pairs. ``val_data`` (optional) is evaluated after every epoch and picks ``best.pt``.
         epochs: total number of epochs (with ``resume``: including those already done).
         teacher: a trained classifier with the student's number of classes. It is frozen, kept in
-            ``eval()``, run under ``torch.no_grad()`` on the same mixed batch as the student.
+            ``eval()``, stored channels-last if it has convolutions, and run on the same mixed batch
+            as the student by :func:`titn_edu.teachers.teacher_logits` (inference mode).
             With a single-head student the same logits serve both terms (classic distillation).
         loss: default ``TITNLoss()`` (eq. 10, hard, α = 0.5); any callable with its signature.
         optimizer: ``"paper"``/``"sgd"`` or ``"adamw"`` (see the module docstring), or an optimizer.
@@ -513,6 +518,10 @@ def fit(
             ``True`` stops training (status ``"stopped"``).
         amp, compile, num_workers, eval_batch_size: speed options (see ``device``); DataLoader
             workers; batch size of the validation pass.
+        teacher_bf16: run the teacher under bf16 autocast. ``None`` (default): on CUDA when ``amp``,
+            never on CPU; ``True`` also on CPU, worth it on CPUs with native bf16 (AVX-512 BF16,
+            AMX: ``python benchmarks/teacher_path.py`` measures it), at the cost of rare flips of
+            near-tied teacher labels.
         run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
 
     Training leaves the model in ``eval()`` mode (a TITN then returns the mean of its two heads).
@@ -561,9 +570,14 @@ def fit(
         seed_everything(seed)
 
     dev = resolve_device(device)
+    if teacher_bf16 not in (None, True, False):
+        raise TypeError(f"teacher_bf16 must be True, False or None (automatic); got {teacher_bf16!r}.")
+    if teacher_bf16 is None:
+        teacher_bf16 = bool(amp) and dev.type == "cuda" and torch.cuda.is_bf16_supported()
     model.to(dev)
     if teacher is not None:
         freeze(teacher).to(dev)
+        to_channels_last(teacher)  # CNN teachers: oneDNN / tensor cores' preferred layout
         s_classes, t_classes = _num_classes(model), _num_classes(teacher)
         if s_classes is not None and t_classes is not None and s_classes != t_classes:
             raise ValueError(
@@ -573,6 +587,10 @@ def fit(
 
     train_ds = _as_dataset(train_data, "train_data")
     val_ds = _as_dataset(val_data, "val_data") if val_data is not None else None
+    for what, ds in (("train_data", train_ds), ("val_data", val_ds)):
+        if isinstance(ds, DeviceLoader) and ds.device != dev:
+            raise ValueError(f"{what} is a DeviceLoader on {ds.device} but training runs on {dev}; build it "
+                             f"with device={str(dev)!r} (or train with device={str(ds.device)!r}).")
     pin = dev.type == "cuda"
     train_loader = _loader(train_ds, batch_size=batch_size, train=True, num_workers=num_workers, pin=pin)
     val_loader = _loader(val_ds, batch_size=eval_batch_size, train=False, num_workers=num_workers, pin=pin) if val_ds is not None else None
@@ -655,6 +673,7 @@ def fit(
         "lr": opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"]), "warmup_epochs": warmup_epochs,
         "mixing": mixing if isinstance(mixing, str) or mixing is None else "custom", "mix_alpha": mix_alpha,
         "seed": seed, "device": str(dev), "teacher": type(_unwrap(teacher)).__name__ if teacher is not None else None,
+        "teacher_bf16": teacher_bf16 if teacher is not None else None,
         "loss": repr(loss_fn),
     }
 
@@ -703,19 +722,16 @@ def fit(
                         class_logits, distill_logits = _split_output(train_model(images))
                         teacher_logits = None
                         if teacher is not None:
-                            with torch.no_grad():
-                                try:
-                                    teacher_logits = teacher(images)
-                                except RuntimeError as err:
-                                    if not first_step:
-                                        raise
-                                    raise ValueError(
-                                        f"the teacher cannot process the training images {tuple(images.shape)}: "
-                                        f"{str(err).splitlines()[0]}. Build it for the same dataset "
-                                        f"(in_chans, image size) as the student."
-                                    ) from None
-                            if isinstance(teacher_logits, (tuple, list)):
-                                teacher_logits = (teacher_logits[0] + teacher_logits[1]) / 2
+                            try:
+                                teacher_logits = teacher_logits_fn(teacher, images, bf16=teacher_bf16)
+                            except RuntimeError as err:
+                                if not first_step:
+                                    raise
+                                raise ValueError(
+                                    f"the teacher cannot process the training images {tuple(images.shape)}: "
+                                    f"{str(err).splitlines()[0]}. Build it for the same dataset "
+                                    f"(in_chans, image size) as the student."
+                                ) from None
                             if distill_logits is None:  # single-head student: classic distillation
                                 distill_logits = class_logits
                     if hasattr(loss_fn, "terms"):
