@@ -525,6 +525,8 @@ def fit(
         run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
 
     Training leaves the model in ``eval()`` mode (a TITN then returns the mean of its two heads).
+    A model with convolutions (a CNN teacher) is stored channels-last for training (same values and
+    ``state_dict``; ``python benchmarks/teacher_path.py --train`` measures the gain).
     Each record holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``, ``train_loss``, ``train_class_loss``,
     ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the dominant label
     of each mixed target), ``teacher_agreement`` (% of training images where the distillation
@@ -575,6 +577,7 @@ def fit(
     if teacher_bf16 is None:
         teacher_bf16 = bool(amp) and dev.type == "cuda" and torch.cuda.is_bf16_supported()
     model.to(dev)
+    channels_last = to_channels_last(model)  # a CNN (e.g. a teacher being trained): oneDNN's / cuDNN's fast layout
     if teacher is not None:
         freeze(teacher).to(dev)
         to_channels_last(teacher)  # CNN teachers: oneDNN / tensor cores' preferred layout
@@ -714,6 +717,8 @@ def fit(
                 for step, batch in enumerate(batch_bar):
                     images, labels = _unpack(batch)
                     images = images.to(dev, non_blocking=True)
+                    if channels_last and images.dim() == 4:
+                        images = images.contiguous(memory_format=torch.channels_last)
                     labels = labels.to(dev, non_blocking=True)
                     targets = labels
                     if mixer is not None:
