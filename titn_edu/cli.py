@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--compile", action="store_true", help="torch.compile the student (CUDA)")
     tr.add_argument("--device-data", action=argparse.BooleanOptionalAction, default=None,
                     help="keep the training images on the device and augment whole batches there "
-                         "(titn_edu.DeviceLoader; default: on CUDA only)")
+                         "(titn_edu.DeviceLoader; default: on CUDA only; not with preloaded data)")
     tr.add_argument("--teacher-bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="run the teacher under bf16 autocast (default: on CUDA only)")
     tr.add_argument("--data-root", help="data folder (default: $TITN_EDU_DATA, else the per-user cache)")
@@ -447,6 +447,10 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
          f"device {device}, {threads} thread(s)")
     common = dict(device=device, progress=args.progress, num_workers=args.num_workers)
     device_data = device.type == "cuda" if args.device_data is None else args.device_data
+    if device_data and not isinstance(train, ImageArrayDataset):  # preloaded (mnist-quick): nothing to augment
+        if args.device_data:
+            _say("--device-data: the training images are preloaded as floats (no augmentation); using them as they are")
+        device_data = False
     record["config"]["device_data"] = device_data
 
     def feed(data: Any, batch_size: int, limit: int | None = None) -> Any:
