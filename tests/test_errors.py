@@ -273,7 +273,7 @@ def test_fit_images_and_labels_lengths_differ(model, batch):
 
 
 def test_fit_data_of_wrong_type(model):
-    with pytest.raises(TypeError, match=r"train_data must be a torch Dataset, a DataLoader or an \(images, labels\)"):
+    with pytest.raises(TypeError, match=r"train_data must be a torch Dataset, a DataLoader, a titn_edu DeviceLoader or an \(images, labels\)"):
         run(model, "data/")
 
 
