@@ -120,6 +120,10 @@ def test_batch_augment_rejects_bad_batches():
         aug(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="32x32"):
         BatchAugment("cifar10", train=False)(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="28x28"):  # before any work is done on the batch
+        BatchAugment("mnist", train=True)(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="square"):
+        random_affine(torch.zeros(1, 1, 32, 28), degrees=10, translate=0.1, scale=(0.9, 1.1))
     with pytest.raises(ValueError, match="policy_group"):
         BatchAugment("cifar10", train=True, policy_group=0)
     with pytest.raises(ValueError, match="unknown dataset|mnist"):

@@ -10,8 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
-from titn_edu import count_parameters, teachers
-from titn_edu.teachers import build_teacher, freeze, is_frozen, list_teachers
+from titn_edu import build_model, count_parameters, teachers
+from titn_edu.teachers import build_teacher, freeze, is_frozen, list_teachers, teacher_logits, to_channels_last
 
 
 @pytest.mark.parametrize("name", ["vgg16_bn", "cnn-small", "resnet18"])
@@ -127,8 +127,6 @@ def test_an_unfrozen_teacher_trains():
 
 
 # ------------------------------------------------------------------ running a teacher fast
-from titn_edu import build_model  # noqa: E402
-from titn_edu.teachers import teacher_logits, to_channels_last  # noqa: E402
 
 
 def _trained_like(name, in_chans=3):
@@ -153,6 +151,7 @@ def test_teacher_logits_channels_last_equals_the_plain_forward(name, in_chans):
     got = teacher_logits(teacher, images)
     assert got.dtype == torch.float32 and not got.is_inference() and not got.requires_grad
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(teacher_logits(teacher, images, channels_last=True), got, rtol=0, atol=0)
     assert images.is_contiguous()  # the caller's batch is not changed
 
 

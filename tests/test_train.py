@@ -75,6 +75,18 @@ def test_cnn_teacher_runs_channels_last_and_bf16_only_when_asked(tmp_path):
         fit(tiny_student(), toy_data(), epochs=1, teacher=teacher, teacher_bf16="yes", **FAST)
 
 
+def test_a_cnn_is_trained_channels_last():
+    model = tiny_teacher()
+    seen = []
+    model.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    history = fit(model, toy_data(), epochs=1, mixing=None, **FAST)
+    assert history.status == "completed" and seen and all(seen)
+    assert model.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    student = tiny_student()
+    fit(student, toy_data(), epochs=1, **FAST)
+    assert all(p.is_contiguous() for p in student.parameters())  # no convolution: left as it is
+
+
 def test_teacher_class_count_must_match():
     with pytest.raises(ValueError, match="classes"):
         fit(tiny_student(num_classes=4), toy_data(), epochs=1, teacher=tiny_teacher(num_classes=10), **FAST)

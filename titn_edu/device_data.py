@@ -1,9 +1,9 @@
 """Data on the device: a whole uint8 split kept on the GPU and augmented a batch at a time there.
 
 The standard path (:func:`titn_edu.data.get_transforms` in a ``DataLoader``) augments one image at
-a time in Python, a few hundred microseconds each on a CPU core (``python benchmarks/bench_data.py``),
-while a GPU trains a 1,024-image TITN batch in a fraction of that time per image: the GPU would wait
-for the data. :class:`DeviceLoader` instead
+a time in Python: 1,870 (MNIST) and 2,672 (CIFAR-10) images per second on a 2-core CPU
+(``python benchmarks/data_path.py``, docs/benchmarks.md), which caps every training step at that
+rate, however fast the GPU. :class:`DeviceLoader` instead
 
 * copies the split once to the device as ``uint8`` (CIFAR-10's 50,000 images: 150 MB),
 * shuffles indices, gathers a batch there, and
@@ -95,6 +95,8 @@ def random_affine(
     (square). ``params`` (``angle``, ``translate``, ``scale``, ``shift`` tensors) replaces the draw.
     """
     b, _, h, w = images.shape
+    if h != w:
+        raise ValueError(f"random_affine expects square images; got {h}x{w}.")
     dev = images.device
     if params is None:
         max_t = translate * w
@@ -147,6 +149,10 @@ class BatchAugment:
         if images.shape[1] != IN_CHANS[self.name]:
             raise ValueError(f"{self.name} images have {IN_CHANS[self.name]} channel(s); got a batch of shape "
                              f"{tuple(images.shape)}.")
+        size = 28 if self.name == "mnist" else IMAGE_SIZE  # MNIST is padded 28 -> 32 here
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"{self.name} batches must hold {size}x{size} images (as get_dataset(..., "
+                             f"transform='raw') loads them); got {tuple(images.shape[-2:])}.")
         if self.name == "mnist":
             x = F.pad(images, (2, 2, 2, 2)).float()  # 28 -> 32, as v2.Pad(2)
             if self.random:
@@ -160,9 +166,6 @@ class BatchAugment:
                 flip = torch.rand(x.shape[0], device=x.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             x = x.float()
-        if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            raise ValueError(f"{self.name} batches must be {IMAGE_SIZE}x{IMAGE_SIZE} after padding; got "
-                             f"{tuple(images.shape[-2:])} images.")
         return self._normalise(x)
 
     def _auto_augment(self, x: Tensor) -> Tensor:

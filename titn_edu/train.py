@@ -580,7 +580,7 @@ def fit(
     channels_last = to_channels_last(model)  # a CNN (e.g. a teacher being trained): oneDNN's / cuDNN's fast layout
     if teacher is not None:
         freeze(teacher).to(dev)
-        to_channels_last(teacher)  # CNN teachers: oneDNN / tensor cores' preferred layout
+        teacher_channels_last = to_channels_last(teacher)  # CNN teachers: oneDNN / tensor cores' preferred layout
         s_classes, t_classes = _num_classes(model), _num_classes(teacher)
         if s_classes is not None and t_classes is not None and s_classes != t_classes:
             raise ValueError(
@@ -728,7 +728,8 @@ def fit(
                         teacher_logits = None
                         if teacher is not None:
                             try:
-                                teacher_logits = teacher_logits_fn(teacher, images, bf16=teacher_bf16)
+                                teacher_logits = teacher_logits_fn(teacher, images, bf16=teacher_bf16,
+                                                                   channels_last=teacher_channels_last)
                             except RuntimeError as err:
                                 if not first_step:
                                     raise
