@@ -143,9 +143,10 @@ def formulations(pixels: torch.Tensor, block, reps: int, thread_clock: bool) -> 
     norm = block.inner.norm1
     mean_of_row = torch.full((c, c), 1.0 / c)
     centre = torch.eye(c) - mean_of_row
-    with torch.no_grad():
-        qkv = block.inner.attn.qkv(norm(pixels))
-        scores = torch.bmm(qkv[..., :6], qkv[..., 12:18].transpose(1, 2))  # head 0: q · kᵀ
+    attn = block.inner.attn
+    with torch.no_grad():  # head 0's scores q · kᵀ; qkv is laid out as (three, head, d) along the last axis
+        qkv = attn.qkv(norm(pixels))
+        scores = torch.bmm(qkv[..., :attn.head_dim], qkv[..., attn.dim:attn.dim + attn.head_dim].transpose(1, 2))
 
     def layer_norm(x):
         return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
