@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import titn_edu.linear as fast_linear
+from titn_edu.attention import KERNELS
 from titn_edu import Linear, MultiHeadAttention, TransformerBlock, build_model, capture_attention, pixelify, set_fast_path
 
 PRESETS = ["titn-tiny", "tnt-tiny", "vit-tiny", "deit-tiny"]
@@ -184,6 +185,40 @@ def test_multi_head_attention_paths_agree_with_gradients(shape, heads):
     fast, reference = fused_and_reference(mha, torch.randn(*shape), [mha.qkv.weight, mha.proj.weight])
     for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("shape,heads", [((3, 16, 12), 2), ((2, 18, 192), 3), ((1, 5, 6), 3), ((1, 140, 12), 2)])
+def test_every_attention_kernel_agrees_with_eq1_with_gradients(kernel, shape, heads):
+    """Whatever the timing picks on a given machine, each candidate computes eq. 1–2."""
+    torch.manual_seed(1)
+    mha = MultiHeadAttention(shape[-1], heads)
+    mha.kernel = kernel
+    fast, reference = fused_and_reference(mha, torch.randn(*shape), [mha.qkv.weight, mha.proj.weight])
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_model_with_each_attention_kernel_matches_reference(kernel, training):
+    torch.manual_seed(0)
+    model = build_model("titn-tiny", num_classes=5).train(training)
+    images = torch.randn(3, 3, 32, 32)
+    reference = run(set_fast_path(model, False), images)
+    set_fast_path(model, True)
+    for m in model.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.kernel = kernel
+    assert_same(run(model, images), reference)
+
+
+def test_attention_kernel_rejects_unknown_names():
+    mha = MultiHeadAttention(12, 2)
+    assert mha.kernel == "auto"
+    with pytest.raises(ValueError, match="'auto' or one of"):
+        mha.kernel = "flash"
+    assert mha.kernel == "auto"
 
 
 def test_multi_head_attention_rejects_wrong_shape():
@@ -404,6 +439,7 @@ def test_mlp_fuses_gelu_in_inference_only(onednn_calls):
 def test_small_head_attention_refuses_double_backward_and_the_reference_path_gives_it():
     torch.manual_seed(12)
     mha = MultiHeadAttention(12, 2)
+    mha.kernel = "transposed"
     x = torch.randn(2, 16, 12, requires_grad=True)
     (g,) = torch.autograd.grad(mha(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):

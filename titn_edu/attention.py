@@ -5,11 +5,14 @@ Two paths compute the same thing:
 * :func:`scaled_dot_product_attention` is eq. 1 written out with an explicit softmax. It is the
   lesson, and it returns the attention weights so they can be looked at.
 * :class:`MultiHeadAttention` (eq. 2–3) takes a fast path by default, no weights materialised:
-  PyTorch's fused :func:`torch.nn.functional.scaled_dot_product_attention`, except for short
-  sequences on CPU (TITN's 16 pixel tokens and 18 patch tokens), where two batched matrix
-  multiplies per head are faster: up to twice as fast for the inner stream's 6-feature heads. It
-  falls back to the explicit path when ``fused`` is off or while :func:`titn_edu.capture_attention`
-  is recording weights.
+  PyTorch's fused :func:`torch.nn.functional.scaled_dot_product_attention` (``"sdpa"``), or, for
+  short sequences on CPU (TITN's 16 pixel tokens and 18 patch tokens), batched matrix multiplies
+  head by head (``"per_head"``) or, for small heads, the same with every product computed
+  transposed and a written-out backward pass (``"transposed"``). Which of these is fastest
+  depends on the processor, so on CPU the module times them once per shape and keeps the fastest
+  (:mod:`titn_edu.tuning`); :attr:`MultiHeadAttention.kernel` names one by hand. It falls back to
+  the explicit path when ``fused`` is off or while :func:`titn_edu.capture_attention` is
+  recording weights.
 
 ``tests/test_fast_path.py`` checks that all paths give the same outputs and gradients;
 ``benchmarks/attention_paths.py`` times them.
@@ -25,9 +28,10 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from . import tuning
 from .linear import Linear
 
-__all__ = ["scaled_dot_product_attention", "MultiHeadAttention"]
+__all__ = ["scaled_dot_product_attention", "MultiHeadAttention", "KERNELS"]
 
 
 def scaled_dot_product_attention(
@@ -85,9 +89,9 @@ def scaled_dot_product_attention(
     return weights @ v, weights
 
 
-#: On CPU, attention over at most ``_PER_HEAD_MAX_TOKENS`` tokens runs head by head as batched
-#: matrix multiplies: :class:`_PerHeadAttention` for heads of at most ``_SMALL_HEAD_DIM`` features
-#: (TITN's inner stream), :func:`_attention_per_head` for larger ones (the outer stream).
+#: On CPU, attention over at most ``_PER_HEAD_MAX_TOKENS`` tokens may also run head by head as
+#: batched matrix multiplies: :func:`_attention_per_head`, and for heads of at most
+#: ``_SMALL_HEAD_DIM`` features (TITN's inner stream) :class:`_PerHeadAttention`.
 _SMALL_HEAD_DIM = 16
 _PER_HEAD_MAX_TOKENS = 128
 
@@ -150,6 +154,60 @@ class _PerHeadAttention(torch.autograd.Function):
         return torch.cat([g.transpose(1, 2) for g in grad_q + grad_k + grad_v], dim=-1), None
 
 
+def _attention_sdpa(qkv: Tensor, num_heads: int) -> Tensor:
+    """Eq. 1–2 with PyTorch's fused kernel, ``(B, T, 3·h·d) -> (B, T, h·d)``.
+
+    Splitting along the last axis (rather than unbinding a permuted ``(three, b, h, t, d)`` view)
+    lets the backward pass write the gradient of ``qkv`` with one concatenation instead of a stack
+    followed by a permuted copy.
+    """
+    q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=num_heads) for t in qkv.chunk(3, dim=-1))
+    return rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)")
+
+
+def _attention_transposed(qkv: Tensor, num_heads: int) -> Tensor:
+    return _PerHeadAttention.apply(qkv, num_heads)
+
+
+#: The fast attention kernels, by name: each maps ``(qkv (B, T, 3·h·d), h)`` to ``(B, T, h·d)``.
+KERNELS = {"sdpa": _attention_sdpa, "per_head": _attention_per_head, "transposed": _attention_transposed}
+
+
+def _timing_runs(qkv: Tensor, num_heads: int, names: tuple[str, ...], needs_grad: bool):
+    """``{name: run}`` for :func:`tuning.fastest`: each run calls one kernel on random inputs shaped like ``qkv``."""
+    gen = torch.Generator().manual_seed(0)  # the global random stream is left alone
+    x = torch.randn(qkv.shape, dtype=qkv.dtype, generator=gen)
+    if not needs_grad:
+        def forward(kernel):
+            def run():
+                with torch.no_grad():
+                    kernel(x, num_heads)
+            return run
+        return {name: forward(KERNELS[name]) for name in names}
+    x.requires_grad_()
+    grad = torch.randn((*qkv.shape[:-1], qkv.shape[-1] // 3), dtype=qkv.dtype, generator=gen)
+
+    def forward_backward(kernel):
+        def run():
+            with torch.enable_grad():
+                torch.autograd.grad(kernel(x, num_heads), x, grad)
+        return run
+    return {name: forward_backward(KERNELS[name]) for name in names}
+
+
+def _choose_kernel(qkv: Tensor, num_heads: int) -> str:
+    """The fast kernel for this call (module docstring): fixed off CPU and for long sequences, timed otherwise."""
+    tokens, head_dim = qkv.shape[1], qkv.shape[-1] // (3 * num_heads)
+    if qkv.device.type != "cpu" or tokens > _PER_HEAD_MAX_TOKENS:
+        return "sdpa"
+    if torch.compiler.is_compiling():
+        return "per_head"  # plain operators: torch.compile fuses its softmax
+    names = ("transposed", "per_head", "sdpa") if head_dim <= _SMALL_HEAD_DIM else ("per_head", "sdpa")
+    needs_grad = torch.is_grad_enabled() and qkv.requires_grad
+    key = ("attention", tuple(qkv.shape), num_heads, qkv.dtype, torch.get_num_threads(), needs_grad)
+    return tuning.fastest(key, lambda: _timing_runs(qkv, num_heads, names, needs_grad), default=names[0])
+
+
 class MultiHeadAttention(nn.Module):
     r"""Multi-head self-attention, eq. 2–3.
 
@@ -167,10 +225,17 @@ class MultiHeadAttention(nn.Module):
 
     Attributes:
         fused: take the fast path (default; see the module docstring). Set it to ``False`` for
-            the explicit eq. 1 path; both give the same result. The CPU path for small heads
+            the explicit eq. 1 path; both give the same result. The ``"transposed"`` kernel
             writes its backward pass by hand and gives first derivatives only: for gradients of
             gradients use ``fused=False`` (or :func:`titn_edu.set_fast_path`).
+        kernel: which fast kernel runs. ``"auto"`` (default): the fused kernel off CPU and for
+            sequences over 128 tokens; on CPU otherwise the fastest of ``"transposed"`` (heads of
+            at most 16 features), ``"per_head"`` and ``"sdpa"``, timed once per shape
+            (:mod:`titn_edu.tuning`; with timing off, the first of those). A name from
+            :data:`KERNELS` uses that kernel for every call.
     """
+
+    _kernel = "auto"  # a class default, so modules pickled before the attribute existed still load
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = False) -> None:
         super().__init__()
@@ -213,15 +278,19 @@ class MultiHeadAttention(nn.Module):
             # Reference path: eq. 1 written out, weights materialised (and recorded if asked).
             q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
             return self._explicit(q, k, v)
-        if x.device.type == "cpu" and x.shape[1] <= _PER_HEAD_MAX_TOKENS:
-            if self.head_dim <= _SMALL_HEAD_DIM and not torch.compiler.is_compiling():
-                return self.proj(_PerHeadAttention.apply(qkv, self.num_heads))
-            return self.proj(_attention_per_head(qkv, self.num_heads))  # torch.compile fuses its softmax
-        # Fused kernel. Splitting along the last axis (rather than unbinding a permuted
-        # (three, b, h, t, d) view) lets the backward pass write the gradient of qkv with one
-        # concatenation instead of a stack followed by a permuted copy.
-        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.num_heads) for t in qkv.chunk(3, dim=-1))
-        return self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b t (h d)"))
+        kernel = _choose_kernel(qkv, self.num_heads) if self._kernel == "auto" else self._kernel
+        return self.proj(KERNELS[kernel](qkv, self.num_heads))
+
+    @property
+    def kernel(self) -> str:
+        """The fast path's kernel: ``"auto"`` (default), or one of :data:`KERNELS` to use it everywhere."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, name: str) -> None:
+        if name != "auto" and name not in KERNELS:
+            raise ValueError(f"kernel must be 'auto' or one of {sorted(KERNELS)}; got {name!r}.")
+        self._kernel = name
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         out, weights = scaled_dot_product_attention(q, k, v)
