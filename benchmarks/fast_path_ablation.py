@@ -6,7 +6,10 @@
 Variants (same weights): ``all`` (the default model), ``no-onednn`` (every ``titn_edu.Linear``
 with ``fused = False``: ``F.linear``), ``no-prune`` (``prune_last_block = False``: the last
 block computes every token), ``no-attention`` (every ``MultiHeadAttention`` with
-``fused = False``: eq. 1 written out), ``reference`` (``set_fast_path(model, False)``), timm's TNT, and — as a bound, not a TITN —
+``fused = False``: eq. 1 written out), ``untimed`` (every attention on the kernel it takes when
+timing is off, as before kernels were timed: ``"transposed"`` for the inner stream's heads,
+``"per_head"`` for the outer stream's), ``sdpa`` (every attention on PyTorch's fused kernel),
+``reference`` (``set_fast_path(model, False)``), timm's TNT, and — as a bound, not a TITN —
 ``deit-bound``: ``build_model("deit")`` with every fast path, i.e. TITN's outer stream alone (the
 same 18 tokens, heads and distillation token) with the inner stream taken out, as if it cost nothing. Each round runs every variant once (order reversed every other round); the figure per variant
 is the median over rounds of TNT's time / the variant's time in the same round (CPU time of the
@@ -21,7 +24,7 @@ import time
 
 import torch
 
-from titn_edu import Linear, MultiHeadAttention, build_model, set_fast_path
+from titn_edu import Linear, MultiHeadAttention, build_model, set_fast_path, tuning
 from titn_edu.bench import _make_step, build_timm_tnt
 
 
@@ -49,11 +52,20 @@ def main() -> None:
                     m.fused = False
         return edit
 
+    def kernels(pick):
+        def edit(model):
+            for m in model.modules():
+                if isinstance(m, MultiHeadAttention):
+                    m.kernel = pick(m)
+        return edit
+
     models = {
         "all": base,
         "no-onednn": variant(off(Linear)),
         "no-prune": variant(lambda m: setattr(m, "prune_last_block", False)),
         "no-attention": variant(off(MultiHeadAttention)),
+        "untimed": variant(kernels(lambda m: "transposed" if m.head_dim <= 16 else "per_head")),
+        "sdpa": variant(kernels(lambda m: "sdpa")),
         "reference": variant(lambda m: set_fast_path(m, False)),
         "timm-tnt": build_timm_tnt(base.config),
         "deit-bound": build_model("deit", num_classes=100),
@@ -79,6 +91,9 @@ def main() -> None:
         med = statistics.median(times[name])
         print(f"| {name} | {med:.3f} | {args.batch / med:.1f} | {statistics.median(ratios):.3f} | "
               f"{min(ratios):.3f} | {max(ratios):.3f} |")
+    print("attention kernels chosen by timing (`all`):",
+          ", ".join(f"{key[1]} x {key[2]} heads, {'train' if key[-1] else 'infer'}: {name}"
+                    for key, name in tuning.choices().items() if key[0] == "attention"))
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def _cpu_peak_memory(name: str, model: str, mode: str, batch_size: int, num_clas
     env["PYTHONPATH"] = os.pathsep.join(p for p in [package_root, env.get("PYTHONPATH", "")] if p)
     code = (
         "import json, sys; from titn_edu.bench import _memory_probe; "
-        f"_memory_probe(*json.loads(sys.argv[1]))"
+        "_memory_probe(*json.loads(sys.argv[1]))"
     )
     args = json.dumps([name, model, mode, batch_size, num_classes, threads, overrides])
     proc = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True, text=True)
