@@ -16,7 +16,6 @@ Usage (CPU, a few minutes)::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 

@@ -105,8 +105,8 @@ def _split_heads(qkv: Tensor, num_heads: int) -> tuple[tuple[Tensor, ...], tuple
 def _attention_per_head(qkv: Tensor, num_heads: int) -> Tensor:
     r"""Eq. 1–2 head by head, ``(B, T, 3·h·d) -> (B, T, h·d)``: two batched matrix multiplies per head.
 
-    For short sequences on CPU (TITN's outer stream: 18 tokens, 64 features per head) this is
-    faster than the fused kernel, forward and backward; autograd writes the backward pass.
+    For short sequences on CPU this can be faster than the fused kernel (TITN's outer stream on an
+    AMD Zen 4; its inner stream on an Intel Xeon); autograd writes the backward pass.
     """
     q, k, v = _split_heads(qkv, num_heads)
     scale = q[0].shape[-1] ** -0.5
@@ -123,8 +123,10 @@ class _PerHeadAttention(torch.autograd.Function):
     matrix multiplies. Among those, a product that *outputs* ``d × T`` is 2–3× faster than one
     that outputs ``T × d``, so every such product is computed transposed — :math:`(AV)^T = V^T A^T`
     and, in the backward pass written out here, :math:`dV^T = dO^T A`, :math:`dQ^T = K^T dS^T`,
-    :math:`dK^T = Q^T dS` — and the transposes are free views. ``tests/test_fast_path.py`` checks
-    outputs and gradients against eq. 1; ``benchmarks/attention_paths.py`` times the paths.
+    :math:`dK^T = Q^T dS` — and the transposes are free views. That holds on the AMD Zen 4 it
+    was written on; on an Intel Xeon the orientations swap and this is the slowest kernel, hence
+    the timing in :func:`_choose_kernel`. ``tests/test_fast_path.py`` checks outputs and
+    gradients against eq. 1; ``benchmarks/attention_paths.py`` times the paths.
     """
 
     @staticmethod
