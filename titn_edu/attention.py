@@ -20,6 +20,7 @@ Two paths compute the same thing:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -178,23 +179,17 @@ KERNELS = {"sdpa": _attention_sdpa, "per_head": _attention_per_head, "transposed
 def _timing_runs(qkv: Tensor, num_heads: int, names: tuple[str, ...], needs_grad: bool):
     """``{name: run}`` for :func:`tuning.fastest`: each run calls one kernel on random inputs shaped like ``qkv``."""
     gen = torch.Generator().manual_seed(0)  # the global random stream is left alone
-    x = torch.randn(qkv.shape, dtype=qkv.dtype, generator=gen)
-    if not needs_grad:
-        def forward(kernel):
-            def run():
-                with torch.no_grad():
-                    kernel(x, num_heads)
-            return run
-        return {name: forward(KERNELS[name]) for name in names}
-    x.requires_grad_()
-    grad = torch.randn((*qkv.shape[:-1], qkv.shape[-1] // 3), dtype=qkv.dtype, generator=gen)
+    x = torch.randn(qkv.shape, dtype=qkv.dtype, generator=gen).requires_grad_(needs_grad)
+    grad = torch.randn((*qkv.shape[:-1], qkv.shape[-1] // 3), dtype=qkv.dtype, generator=gen) if needs_grad else None
 
-    def forward_backward(kernel):
-        def run():
+    def run(kernel) -> None:
+        if grad is None:
+            with torch.no_grad():
+                kernel(x, num_heads)
+        else:  # training: forward and backward
             with torch.enable_grad():
                 torch.autograd.grad(kernel(x, num_heads), x, grad)
-        return run
-    return {name: forward_backward(KERNELS[name]) for name in names}
+    return {name: functools.partial(run, KERNELS[name]) for name in names}
 
 
 def _choose_kernel(qkv: Tensor, num_heads: int) -> str:
