@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # Never compare these outputs of notebook cells: stderr (progress bars, warnings), widget views
@@ -17,6 +18,9 @@ def pytest_collectstart(collector):
 
 
 def pytest_configure(config):
+    # Kernel choices (titn_edu.tuning) go to a folder of this test session, not the user's cache.
+    if "TITN_EDU_CACHE_DIR" not in os.environ:
+        os.environ["TITN_EDU_CACHE_DIR"] = tempfile.mkdtemp(prefix="titn_edu_cache_")
     # Tests and notebooks read data from the offline data root when it exists (see README).
     shared = Path(__file__).resolve().parent.parent / "shared" / "data"
     if "TITN_EDU_DATA" not in os.environ and shared.is_dir():

@@ -1,7 +1,8 @@
-"""The kernel timing of ``titn_edu.tuning``: it picks the faster candidate, once per key, and stays out of the way."""
+"""The kernel timing of ``titn_edu.tuning``: it picks the faster candidate, once per key and machine, and stays out of the way."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -10,10 +11,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from titn_edu import MultiHeadAttention, attention, tuning
 
+NAMES = ("slow", "fast", "broken")
+
 
 @pytest.fixture(autouse=True)
-def fresh_choices(monkeypatch):
+def fresh_choices(monkeypatch, tmp_path):
     monkeypatch.setattr(tuning, "enabled", True)
+    monkeypatch.setenv("TITN_EDU_CACHE_DIR", str(tmp_path / "cache"))
     tuning.clear()
     yield
     tuning.clear()
@@ -31,38 +35,69 @@ def _candidates(calls):
         calls.append("broken")
         raise RuntimeError("not supported here")
 
-    return {"slow": slow, "fast": fast, "broken": broken}
+    return lambda: {"slow": slow, "fast": fast, "broken": broken}
 
 
 def test_fastest_picks_the_faster_candidate_once_per_key():
     calls = []
-    assert tuning.fastest("k", lambda: _candidates(calls), default="slow") == "fast"
+    assert tuning.fastest("k", NAMES, _candidates(calls)) == "fast"
     assert calls.count("slow") == 4 and calls.count("fast") == 4  # one warm-up + three timed runs each
     assert calls.count("broken") == 1  # a failing candidate is dropped at once, never chosen
     calls.clear()
-    assert tuning.fastest("k", lambda: _candidates(calls), default="slow") == "fast"
+    assert tuning.fastest("k", NAMES, _candidates(calls)) == "fast"
     assert calls == []  # remembered: not timed again
     assert tuning.choices() == {"k": "fast"}
+
+
+def test_a_choice_is_kept_on_disk_for_the_next_process():
+    calls = []
+    assert tuning.fastest(("op", (2, 3)), NAMES, _candidates(calls)) == "fast"
+    stored = json.loads(tuning.cache_file().read_text())
+    (entries,) = stored["machines"].values()  # one machine: this one, with its PyTorch version
+    assert entries == {"('op', (2, 3))": "fast"}
+    tuning.clear()  # a new process: nothing in memory
+    calls.clear()
+    assert tuning.fastest(("op", (2, 3)), NAMES, _candidates(calls)) == "fast"
+    assert calls == []  # read from the file, not timed
+    tuning.clear(disk=True)
+    assert not tuning.cache_file().exists()
+
+
+def test_a_damaged_or_unwritable_cache_is_timed_around(monkeypatch, tmp_path):
+    path = tuning.cache_file()
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    calls = []
+    assert tuning.fastest("k", NAMES, _candidates(calls)) == "fast" and calls  # timed again
+    assert json.loads(path.read_text())["machines"]  # and the file rewritten whole
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TITN_EDU_CACHE_DIR", str(blocker / "sub"))  # a folder that cannot be made
+    tuning.clear()
+    assert tuning.fastest("k", NAMES, _candidates([])) == "fast"  # kept for the process only
+    monkeypatch.setenv("TITN_EDU_CACHE_DIR", "")
+    assert tuning.cache_file() is None
+
+
+def test_a_stored_name_that_is_no_longer_a_candidate_is_timed_again():
+    tuning.fastest("k", NAMES, _candidates([]))
+    tuning.clear()
+    calls = []
+    assert tuning.fastest("k", ("slow", "other"), lambda: {"slow": lambda: calls.append(1), "other": lambda: time.sleep(0.004)}) == "slow"
+    assert calls
 
 
 def test_fastest_returns_the_default_when_timing_is_off_or_unsafe(monkeypatch):
     calls = []
     monkeypatch.setattr(tuning, "enabled", False)
-    assert tuning.fastest("k", lambda: _candidates(calls), default="slow") == "slow"
+    assert tuning.fastest("k", NAMES, _candidates(calls)) == "slow"
     monkeypatch.setattr(tuning, "enabled", True)
     with FlopCounterMode(display=False):
-        assert tuning.fastest("k", lambda: _candidates(calls), default="slow") == "slow"
-    x = torch.ones(2, requires_grad=True)
+        assert tuning.fastest("k", NAMES, _candidates(calls)) == "slow"
     with torch.autograd.graph.save_on_cpu():
         assert not tuning.can_time()
-        assert tuning.fastest("k", lambda: _candidates(calls), default="slow") == "slow"
-    assert calls == [] and tuning.choices() == {}
-    assert x.grad is None
-
-
-def test_fastest_rejects_a_default_that_is_not_a_candidate():
-    with pytest.raises(ValueError, match="not one of the candidates"):
-        tuning.fastest("k", lambda: _candidates([]), default="missing")
+        assert tuning.fastest("k", NAMES, _candidates(calls)) == "slow"
+    assert calls == [] and tuning.choices() == {} and not tuning.cache_file().exists()
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -75,7 +110,7 @@ def test_attention_times_its_kernels_per_shape_without_touching_the_random_strea
         out = mha(x)
     assert torch.equal(torch.get_rng_state(), state)
     key = ("attention", (8, 16, 36), 2, torch.float32, torch.get_num_threads(), training)
-    assert tuning.choices() == {key: tuning.choices()[key]}
+    assert list(tuning.choices()) == [key]
     assert tuning.choices()[key] in ("transposed", "per_head", "sdpa")
     mha.fused = False
     torch.testing.assert_close(out, mha(x), atol=1e-5, rtol=1e-4)

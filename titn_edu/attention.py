@@ -202,7 +202,7 @@ def _choose_kernel(qkv: Tensor, num_heads: int) -> str:
     names = ("transposed", "per_head", "sdpa") if head_dim <= _SMALL_HEAD_DIM else ("per_head", "sdpa")
     needs_grad = torch.is_grad_enabled() and qkv.requires_grad
     key = ("attention", tuple(qkv.shape), num_heads, qkv.dtype, torch.get_num_threads(), needs_grad)
-    return tuning.fastest(key, lambda: _timing_runs(qkv, num_heads, names, needs_grad), default=names[0])
+    return tuning.fastest(key, names, lambda: _timing_runs(qkv, num_heads, names, needs_grad))
 
 
 class MultiHeadAttention(nn.Module):

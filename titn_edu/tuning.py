@@ -1,4 +1,4 @@
-"""Choose the fastest of several equivalent CPU kernels by timing them once per shape.
+"""Choose the fastest of several equivalent CPU kernels by timing them once per shape, per machine.
 
 Which way of computing a small operation is fastest on a CPU depends on the processor: on the
 machine the library was first tuned on (AMD Zen 4), TITN's inner attention (2,048 sequences of 16
@@ -6,12 +6,18 @@ pixel tokens, heads of 6 features) is fastest with products computed transposed 
 backward pass; on an Intel Xeon with the same PyTorch, that path is 1.4× slower with gradients and
 1.9× slower without than the alternatives (``benchmarks/attention_paths.py``, ``docs/benchmarks.md``).
 So, like cuDNN's benchmark mode, the library times the candidates the first time it meets a
-shape, on inputs of that shape, and keeps the fastest for the rest of the process.
+shape, on inputs of that shape, and keeps the fastest.
 
 All candidates compute the same function (``tests/test_fast_path.py`` checks every one of them
-against eq. 1, outputs and gradients); they differ in the order of float32 roundings only.
+against eq. 1, outputs and gradients); they differ in the order of float32 roundings only. So that
+two runs on one machine still give bitwise the same results (:func:`titn_edu.seed_everything`),
+a choice is kept not only for the process but in a small file, ``kernels.json``, in
+``$TITN_EDU_CACHE_DIR``, else ``$XDG_CACHE_HOME/titn_edu``, else ``~/.cache/titn_edu``, under
+the processor and the PyTorch version; later processes read it instead of timing again. Where
+the file cannot be written, choices last for the process only.
 
-* :func:`choices` shows what was chosen, per shape; :func:`clear` forgets it.
+* :func:`choices` shows what this process uses, per shape; :func:`clear` forgets it (and, with
+  ``disk=True``, deletes the file).
 * ``titn_edu.tuning.enabled = False`` — or the environment variable ``TITN_EDU_AUTOTUNE=0`` before
   import — turns timing off: every call then takes the documented default, the same on every
   machine and every run.
@@ -19,28 +25,91 @@ against eq. 1, outputs and gradients); they differ in the order of float32 round
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 
-__all__ = ["enabled", "choices", "clear", "fastest", "can_time"]
+from .utils import atomic_write
+
+__all__ = ["enabled", "choices", "clear", "fastest", "can_time", "cache_file"]
 
 #: Time the candidates (``True``, the default) or always take the default.
 enabled: bool = os.environ.get("TITN_EDU_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 _chosen: dict[Hashable, str] = {}
+_stored: dict[str, str] | None = None  # this machine's entries of the cache file, read on first need
 
 
 def choices() -> dict[Hashable, str]:
-    """A copy of the choices made so far: ``{key: kernel name}`` (keys name the operation and shape)."""
+    """A copy of the choices this process uses: ``{key: kernel name}`` (keys name the operation and shape)."""
     return dict(_chosen)
 
 
-def clear() -> None:
-    """Forget every choice; the next call of each shape times its candidates again."""
+def clear(*, disk: bool = False) -> None:
+    """Forget every choice of this process (the next call of each shape looks again); ``disk=True`` also deletes the cache file."""
+    global _stored
     _chosen.clear()
+    _stored = None
+    path = cache_file()
+    if disk and path is not None:
+        path.unlink(missing_ok=True)
+
+
+def cache_file() -> Path | None:
+    """The file choices are kept in between processes (module docstring); ``None`` when ``TITN_EDU_CACHE_DIR`` is empty."""
+    folder = os.environ.get("TITN_EDU_CACHE_DIR")
+    if folder is not None:
+        return Path(folder).expanduser() / "kernels.json" if folder.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "titn_edu" / "kernels.json"
+
+
+def _machine() -> str:
+    """What a choice depends on beyond its key: the processor, the core count and the PyTorch build."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line and line.strip())
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        name = " ".join(fields.get(k, "") for k in ("model name", "cpu family", "model", "stepping")).strip() or name
+    except OSError:
+        pass
+    return f"{name} | {os.cpu_count()} cores | torch {torch.__version__}"
+
+
+def _read() -> dict:
+    path = cache_file()
+    try:
+        data = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):  # missing, unreadable or damaged: time again, and rewrite it
+        return {}
+    return data if isinstance(data, dict) and isinstance(data.get("machines"), dict) else {}
+
+
+def _stored_choices() -> dict[str, str]:
+    global _stored
+    if _stored is None:
+        entries = _read().get("machines", {}).get(_machine(), {})
+        _stored = {k: v for k, v in entries.items() if isinstance(v, str)} if isinstance(entries, dict) else {}
+    return _stored
+
+
+def _store(key: str, name: str) -> None:
+    _stored_choices()[key] = name
+    path = cache_file()
+    if path is None:
+        return
+    data = _read() or {"machines": {}}
+    data["machines"].setdefault(_machine(), {})[key] = name
+    try:
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except OSError:  # a read-only home, a full disk: the choice lasts for this process
+        pass
 
 
 def can_time() -> bool:
@@ -74,27 +143,37 @@ def _seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 def fastest(
-    key: Hashable, setup: Callable[[], Mapping[str, Callable[[], object]]], *, default: str, repeats: int = 3
+    key: Hashable,
+    names: Sequence[str],
+    setup: Callable[[], Mapping[str, Callable[[], object]]],
+    *,
+    repeats: int = 3,
 ) -> str:
-    """The name of the fastest kernel for ``key``, timing the candidates the first time ``key`` is seen.
+    """The name of the fastest kernel for ``key``: remembered, read from the cache file, or timed now.
 
     Args:
-        key: what the choice depends on (operation, shapes, dtype, thread count, gradients or not).
+        key: what the choice depends on (operation, shapes, dtype, thread count, gradients or not);
+            its ``repr`` names it in the cache file.
+        names: the candidates; the first is the default, returned when timing is off or not
+            possible here (:func:`can_time`).
         setup: called only when timing: returns ``{name: run}``, where ``run()`` calls that kernel
             once on inputs shaped like the real ones (with its backward pass, if training).
-        default: the name returned when timing is off or not possible here (:func:`can_time`).
         repeats: timed runs per candidate after one warm-up; the minimum is compared.
     """
+    default = names[0]
     if not enabled:
         return default
     if key in _chosen:
         return _chosen[key]
     if not can_time():
         return default
-    candidates = setup()
-    if default not in candidates:
-        raise ValueError(f"default {default!r} is not one of the candidates {sorted(candidates)}.")
-    times = {name: _seconds(run, repeats) for name, run in candidates.items()}
+    stored = _stored_choices().get(repr(key))
+    if stored in names:
+        _chosen[key] = stored
+        return stored
+    runs = setup()
+    times = {name: _seconds(runs[name], repeats) for name in names}
     best = min(times, key=times.__getitem__)
     _chosen[key] = best if times[best] < float("inf") else default
+    _store(repr(key), _chosen[key])
     return _chosen[key]
