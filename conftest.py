@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,8 +21,15 @@ def pytest_collectstart(collector):
 def pytest_configure(config):
     # Kernel choices (titn_edu.tuning) go to a folder of this test session, not the user's cache.
     if "TITN_EDU_CACHE_DIR" not in os.environ:
-        os.environ["TITN_EDU_CACHE_DIR"] = tempfile.mkdtemp(prefix="titn_edu_cache_")
+        config._titn_edu_cache = os.environ["TITN_EDU_CACHE_DIR"] = tempfile.mkdtemp(prefix="titn_edu_cache_")
     # Tests and notebooks read data from the offline data root when it exists (see README).
     shared = Path(__file__).resolve().parent.parent / "shared" / "data"
     if "TITN_EDU_DATA" not in os.environ and shared.is_dir():
         os.environ["TITN_EDU_DATA"] = str(shared)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_titn_edu_cache", None)
+    if folder is not None:  # the session's own kernel-choice folder: removed with the session
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("TITN_EDU_CACHE_DIR", None)
