@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .model import MODEL_PRESETS, build_model, count_parameters
+from .utils import cpu_name
 
 __all__ = ["run_benchmark", "build_timm_tnt", "BenchmarkResult", "PEAK_TFLOPS", "main"]
 
@@ -355,17 +356,6 @@ class BenchmarkResult:
         return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _load() -> str:
     try:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
@@ -456,7 +446,7 @@ def run_benchmark(
         timm_version = "n/a"
     machine = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device_name": torch.cuda.get_device_name(dev) if on_gpu else f"{_cpu_name()} ({os.cpu_count()} cores)",
+        "device_name": torch.cuda.get_device_name(dev) if on_gpu else f"{cpu_name()} ({os.cpu_count()} cores)",
         "torch": torch.__version__, "timm": timm_version, "python": platform.python_version(),
         "load_before": _load(),
     }

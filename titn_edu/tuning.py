@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from .utils import atomic_write
+from .utils import atomic_write, cpu_name
 
 __all__ = ["enabled", "choices", "clear", "fastest", "can_time", "cache_file"]
 
@@ -71,15 +70,7 @@ def cache_file() -> Path | None:
 
 def _machine() -> str:
     """What a choice depends on beyond its key: the processor, the core count and the PyTorch build."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line and line.strip())
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        name = " ".join(fields.get(k, "") for k in ("model name", "cpu family", "model", "stepping")).strip() or name
-    except OSError:
-        pass
-    return f"{name} | {os.cpu_count()} cores | torch {torch.__version__}"
+    return f"{cpu_name(ids=True)} | {os.cpu_count()} cores | torch {torch.__version__}"
 
 
 def _read() -> dict:

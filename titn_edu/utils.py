@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import platform
 import random
 from glob import escape as glob_escape
 from pathlib import Path
@@ -29,7 +31,32 @@ __all__ = [
     "atomic_write",
     "save_json",
     "to_jsonable",
+    "cpu_name",
 ]
+
+
+@functools.cache
+def cpu_name(*, ids: bool = False) -> str:
+    """The processor's model name (``/proc/cpuinfo``, else :mod:`platform`); ``ids=True`` adds family, model and stepping.
+
+    The ids tell processors apart that a hypervisor names alike (e.g. "Intel(R) Xeon(R) Processor").
+    """
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if not sep or not key.strip():
+                    continue
+                if key.strip() in fields:  # the first processor is enough
+                    break
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if ids and "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')}, stepping {fields.get('stepping', '?')})"
+    return name
 
 
 def seed_everything(seed: int) -> int:
