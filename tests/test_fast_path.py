@@ -344,15 +344,33 @@ def onednn_calls(monkeypatch):
     return calls
 
 
+def use_linear_kernel(model: torch.nn.Module, name: str) -> None:
+    for m in model.modules():
+        if isinstance(m, Linear):
+            m.kernel = name
+
+
 @needs_onednn
+@pytest.mark.parametrize("kernel", fast_linear.LINEAR_KERNELS)
 @pytest.mark.parametrize("shape,out_features,bias", [((7, 12), 36, True), ((2, 16, 12), 48, False), ((3, 2, 5, 192), 1, True)])
-def test_linear_fast_path_matches_functional_linear_with_gradients(shape, out_features, bias, onednn_calls):
+def test_linear_fast_path_matches_functional_linear_with_gradients(shape, out_features, bias, kernel, onednn_calls):
     torch.manual_seed(9)
     layer = Linear(shape[-1], out_features, bias=bias)
+    layer.kernel = kernel
     fast, reference = fused_and_reference(layer, torch.randn(*shape), [p for p in (layer.weight, layer.bias) if p is not None])
-    assert len(onednn_calls) == 2  # forward and input gradient with fused = True; nothing with fused = False
+    # oneDNN: forward and input gradient with fused = True; BLAS, or fused = False: never.
+    assert len(onednn_calls) == (2 if kernel == "onednn" else 0)
     for a, b in zip(fast, reference):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_kernel_names_are_checked():
+    layer = Linear(4, 3)
+    with pytest.raises(ValueError, match="kernel must be 'auto' or one of"):
+        layer.kernel = "mkl"
+    with pytest.raises(ValueError, match="kernel must be 'auto' or one of"):
+        fast_linear.linear(torch.randn(2, 4), layer.weight, kernel="fast")
+    assert layer.kernel == "auto"
 
 
 @needs_onednn
@@ -360,6 +378,7 @@ def test_linear_fast_path_is_taken_in_the_model_and_counted_flops_are_unchanged(
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build_model("titn-tiny", num_classes=3).eval()
+    use_linear_kernel(model, "onednn")  # "auto" may find BLAS faster for some shapes
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         model(images)
@@ -421,6 +440,7 @@ def test_mlp_fuses_gelu_in_inference_only(onednn_calls):
 
     torch.manual_seed(11)
     mlp = Mlp(12, 48)
+    use_linear_kernel(mlp, "onednn")
     x = torch.randn(2, 16, 12)
     with torch.no_grad():
         hidden = torch.nn.functional.gelu(torch.nn.functional.linear(x, mlp.fc1.weight, mlp.fc1.bias))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from titn_edu import MultiHeadAttention, attention, tuning
+from titn_edu import Linear, Mlp, MultiHeadAttention, attention, linear, tuning
 
 NAMES = ("slow", "fast", "broken")
 
@@ -110,7 +110,7 @@ def test_attention_times_its_kernels_per_shape_without_touching_the_random_strea
         out = mha(x)
     assert torch.equal(torch.get_rng_state(), state)
     key = ("attention", (8, 16, 36), 2, torch.float32, torch.get_num_threads(), training)
-    assert list(tuning.choices()) == [key]
+    assert [k for k in tuning.choices() if k[0] == "attention"] == [key]
     assert tuning.choices()[key] in ("transposed", "per_head", "sdpa")
     mha.fused = False
     torch.testing.assert_close(out, mha(x), atol=1e-5, rtol=1e-4)
@@ -130,4 +130,62 @@ def test_long_sequences_and_forced_kernels_are_not_timed():
     mha = MultiHeadAttention(12, 2)
     mha.kernel = "sdpa"
     mha(torch.randn(2, 16, 12))
-    assert tuning.choices() == {}
+    assert [k for k in tuning.choices() if k[0] != "linear"] == []
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_linear_times_its_kernels_per_shape_without_touching_the_random_stream(training):
+    torch.manual_seed(0)
+    layer = Linear(12, 48)
+    x = torch.randn(4, 16, 12, requires_grad=training)
+    state = torch.get_rng_state()
+    with torch.set_grad_enabled(training):
+        out = layer(x)
+        layer(x)  # the same shape again: no second timing
+        layer(x[:2])  # another shape: timed once more
+    assert torch.equal(torch.get_rng_state(), state)
+    threads = torch.get_num_threads()
+    keys = [("linear", 64, (48, 12), True, torch.float32, threads, training, training, None),
+            ("linear", 32, (48, 12), True, torch.float32, threads, training, training, None)]
+    assert list(tuning.choices()) == keys
+    assert all(tuning.choices()[k] in linear.LINEAR_KERNELS for k in keys)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_gelu_times_the_fused_activation_as_its_own_choice():
+    torch.manual_seed(0)
+    mlp = Mlp(12, 48)
+    x = torch.randn(3, 16, 12)
+    with torch.no_grad():
+        out = mlp(x)
+    acts = {k[-1] for k in tuning.choices() if k[0] == "linear"}
+    assert acts == {"gelu", None}  # fc1 with its GELU, fc2 plain
+    hidden = torch.nn.functional.gelu(torch.nn.functional.linear(x, mlp.fc1.weight, mlp.fc1.bias))
+    torch.testing.assert_close(out, torch.nn.functional.linear(hidden, mlp.fc2.weight, mlp.fc2.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_takes_onednn_when_timing_is_off_and_a_named_kernel_is_not_timed(monkeypatch):
+    seen = []
+    monkeypatch.setitem(linear._RUN, "onednn", lambda *a: seen.append("onednn") or linear._blas(*a))
+    monkeypatch.setattr(tuning, "enabled", False)
+    Linear(12, 48)(torch.randn(2, 12))
+    assert seen == (["onednn"] if linear.onednn_linear_available() else []) and tuning.choices() == {}
+    monkeypatch.setattr(tuning, "enabled", True)
+    layer = Linear(12, 48)
+    layer.kernel = "blas"
+    layer(torch.randn(2, 12))
+    assert tuning.choices() == {} and len(seen) <= 1
+
+
+def test_attention_flops_are_counted_whatever_kernel_timing_chose(monkeypatch):
+    # FlopCounterMode has no formula for the fused kernel's CPU variant; under it the plain products run.
+    monkeypatch.setattr(tuning, "fastest", lambda key, names, setup, **kw: "sdpa")
+    mha = MultiHeadAttention(12, 2)
+    x = torch.randn(2, 16, 12)
+    counts = []
+    for fused in (True, False):
+        mha.fused = fused
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            mha(x)
+        counts.append(counter.get_flop_counts()["Global"].get(torch.ops.aten.bmm, 0))
+    assert counts[0] == counts[1] == 2 * 2 * (2 * 2 * 16 * 16 * 6)  # QKᵀ and AV, 2 heads, batch 2

@@ -197,8 +197,10 @@ def _choose_kernel(qkv: Tensor, num_heads: int) -> str:
     tokens, head_dim = qkv.shape[1], qkv.shape[-1] // (3 * num_heads)
     if qkv.device.type != "cpu" or tokens > _PER_HEAD_MAX_TOKENS:
         return "sdpa"
-    if torch.compiler.is_compiling():
-        return "per_head"  # plain operators: torch.compile fuses its softmax
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        # Plain operators: torch.compile fuses its softmax, and a dispatch mode sees every product
+        # (FlopCounterMode has no formula for the fused kernel's CPU variant: it would count 0).
+        return "per_head"
     names = ("transposed", "per_head", "sdpa") if head_dim <= _SMALL_HEAD_DIM else ("per_head", "sdpa")
     needs_grad = torch.is_grad_enabled() and qkv.requires_grad
     key = ("attention", tuple(qkv.shape), num_heads, qkv.dtype, torch.get_num_threads(), needs_grad)

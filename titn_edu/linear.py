@@ -1,11 +1,16 @@
 """The fully connected layer ``y = x Wᵀ + b`` (the FC of eq. 4–5, and every projection), with a CPU fast path.
 
 :class:`Linear` is :class:`torch.nn.Linear` (same parameters, same ``state_dict``, same maths) whose
-forward, on CPU in float32, calls oneDNN's matrix multiply instead of the BLAS one
-``torch.nn.functional.linear`` uses there. On the shapes TITN runs (e.g. 2,304 outer tokens × 192
-features, or 32,768 pixel tokens × 12) it is about 10 % (outer) to 2× (inner) faster for the
-forward pass and the input gradient (``benchmarks/linear_kernels.py``); the weight gradient stays
-with the BLAS kernel, which is faster for it. Results agree with :func:`torch.nn.functional.linear` to float32 rounding
+forward, on CPU in float32, can call oneDNN's matrix multiply (``"onednn"``) instead of the BLAS
+one :func:`torch.nn.functional.linear` uses there (``"blas"``). Which is faster depends on the
+processor and the shape (``benchmarks/linear_kernels.py``, ``docs/benchmarks.md``): on an AMD Zen 4
+oneDNN was about 10 % (outer stream) to 2× (inner stream) faster for the forward pass and the input
+gradient; on an Intel Xeon it was level in training; on an AMD Zen 3 BLAS is 5–15 % faster for the
+outer stream's 192- and 768-feature products while oneDNN stays faster for the inner stream's
+12-feature ones. So, as :class:`titn_edu.MultiHeadAttention` does for attention, a layer times the
+two kernels the first time it meets a shape (:mod:`titn_edu.tuning`) and keeps the faster;
+:attr:`Linear.kernel` names one by hand. The weight gradient always runs on BLAS, which is faster
+for it. Results agree with :func:`torch.nn.functional.linear` to float32 rounding
 (``tests/test_fast_path.py``).
 
 It falls back to :func:`torch.nn.functional.linear` — the explicit path, and the one every other
@@ -16,11 +21,19 @@ device takes — whenever the fast one does not apply: another device or dtype, 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Linear", "linear", "linear_gelu", "onednn_linear_available"]
+from . import tuning
+
+__all__ = ["Linear", "linear", "linear_gelu", "onednn_linear_available", "LINEAR_KERNELS"]
+
+#: The kernels a fast :class:`Linear` chooses between on CPU: oneDNN's product (forward pass and
+#: input gradient; the first, the default when timing is off) or BLAS's, i.e. ``F.linear``.
+LINEAR_KERNELS = ("onednn", "blas")
 
 
 def _find_onednn_linear():
@@ -95,29 +108,101 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool = True) -> Tensor:
-    """:func:`torch.nn.functional.linear` with the CPU fast path described in the module docstring."""
-    if not fused or not _onednn_applies(x, weight, bias):
-        return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
-        return _OneDNNLinear.apply(x, weight, bias)
-    return _mm(x.reshape(-1, x.shape[-1]), weight, bias).view(*x.shape[:-1], weight.shape[0])
-
-
-def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool = True) -> Tensor:
-    """``GELU(x Wᵀ + b)`` (exact, erf form): the first half of the MLP, eq. 4.
-
-    When no gradient is needed (inference) and the fast path applies, oneDNN applies the GELU to
-    the product before writing it (one pass over the hidden activations instead of two). Training
-    keeps the two steps, because the GELU's backward pass needs the product itself.
-    """
-    needs_grad = torch.is_grad_enabled() and (
+def _needs_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (
         x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
-    if fused and not needs_grad and _onednn_applies(x, weight, bias):
-        out = _ONEDNN_LINEAR(x.reshape(-1, x.shape[-1]), weight, bias, "gelu", [], "none")
-        return out.view(*x.shape[:-1], weight.shape[0])
-    return F.gelu(linear(x, weight, bias, fused=fused))
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> Tensor:
+    """oneDNN's product; ``act="gelu"`` applies the GELU as a post-op (inference only)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    if act == "gelu":
+        out = _ONEDNN_LINEAR(x2d, weight, bias, "gelu", [], "none")
+    elif _needs_grad(x, weight, bias):
+        return _OneDNNLinear.apply(x, weight, bias)
+    else:
+        out = _mm(x2d, weight, bias)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _blas(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> Tensor:
+    out = F.linear(x, weight, bias)
+    return F.gelu(out) if act == "gelu" else out
+
+
+_RUN = {"onednn": _onednn, "blas": _blas}
+
+
+def _timing_runs(rows: int, weight: Tensor, bias: bool, input_grad: bool, needs_grad: bool, act: str | None):
+    """``{kernel: run}`` for :func:`tuning.fastest`, on random inputs of this shape (the global random stream is left alone)."""
+    gen = torch.Generator().manual_seed(0)
+    out_features, in_features = weight.shape
+    x = torch.randn(rows, in_features, dtype=weight.dtype, generator=gen).requires_grad_(input_grad)
+    w = (torch.randn(out_features, in_features, dtype=weight.dtype, generator=gen) / in_features**0.5)
+    w.requires_grad_(needs_grad)
+    b = torch.randn(out_features, dtype=weight.dtype, generator=gen).requires_grad_(needs_grad) if bias else None
+    grad = torch.randn(rows, out_features, dtype=weight.dtype, generator=gen) if needs_grad else None
+    inputs = [t for t in (x, w, b) if t is not None and t.requires_grad]
+
+    def run(kernel) -> None:
+        if grad is None:
+            with torch.no_grad():
+                _RUN[kernel](x, w, b, act)
+        else:  # training: the forward pass and every gradient the step computes
+            with torch.enable_grad():
+                torch.autograd.grad(_RUN[kernel](x, w, b, act), inputs, grad)
+    return {name: functools.partial(run, name) for name in LINEAR_KERNELS}
+
+
+def _choose_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> str:
+    """The faster of :data:`LINEAR_KERNELS` for this shape on this machine, timed once (:mod:`titn_edu.tuning`)."""
+    rows = x.numel() // x.shape[-1]
+    needs_grad = _needs_grad(x, weight, bias)
+    input_grad = needs_grad and x.requires_grad
+    key = ("linear", rows, tuple(weight.shape), bias is not None, weight.dtype, torch.get_num_threads(),
+           needs_grad, input_grad, act)
+    return tuning.fastest(
+        key, LINEAR_KERNELS, lambda: _timing_runs(rows, weight, bias is not None, input_grad, needs_grad, act), repeats=5
+    )
+
+
+def _check_kernel(kernel: str) -> None:
+    if kernel != "auto" and kernel not in LINEAR_KERNELS:
+        raise ValueError(f"kernel must be 'auto' or one of {list(LINEAR_KERNELS)}; got {kernel!r}.")
+
+
+def _fast(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None, fused: bool, kernel: str) -> Tensor:
+    _check_kernel(kernel)
+    if not fused or not _onednn_applies(x, weight, bias):
+        return _blas(x, weight, bias, act)
+    if act == "gelu" and _needs_grad(x, weight, bias):
+        return F.gelu(_fast(x, weight, bias, None, fused, kernel))  # the GELU's backward needs the product itself
+    if kernel == "auto":
+        kernel = _choose_kernel(x, weight, bias, act)
+    return _RUN[kernel](x, weight, bias, act)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool = True, kernel: str = "auto") -> Tensor:
+    """:func:`torch.nn.functional.linear` with the CPU fast path described in the module docstring.
+
+    ``kernel``: ``"auto"`` (time the candidates once per shape), or one of :data:`LINEAR_KERNELS`.
+    """
+    return _fast(x, weight, bias, None, fused, kernel)
+
+
+def linear_gelu(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool = True, kernel: str = "auto"
+) -> Tensor:
+    """``GELU(x Wᵀ + b)`` (exact, erf form): the first half of the MLP, eq. 4.
+
+    When no gradient is needed (inference) and the fast path applies, the ``"onednn"`` kernel
+    applies the GELU to the product before writing it (one pass over the hidden activations
+    instead of two); whether that beats BLAS's product followed by :func:`torch.nn.functional.gelu`
+    depends on the processor, so it is timed like :func:`linear`. Training keeps the two steps,
+    because the GELU's backward pass needs the product itself.
+    """
+    return _fast(x, weight, bias, "gelu", fused, kernel)
 
 
 class Linear(nn.Linear):
@@ -126,9 +211,23 @@ class Linear(nn.Linear):
     Attributes:
         fused: take the fast path where it applies (default). ``False`` always calls
             :func:`torch.nn.functional.linear`.
+        kernel: ``"auto"`` (default): on CPU in float32, the faster of ``"onednn"`` and ``"blas"``,
+            timed once per shape (:mod:`titn_edu.tuning`; with timing off, ``"onednn"``). A name
+            from :data:`LINEAR_KERNELS` uses that kernel for every call.
     """
 
     fused: bool = True
+    _kernel = "auto"  # a class default, so modules pickled before the attribute existed still load
+
+    @property
+    def kernel(self) -> str:
+        """The fast path's kernel: ``"auto"`` (default), or one of :data:`LINEAR_KERNELS` to use it everywhere."""
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, name: str) -> None:
+        _check_kernel(name)
+        self._kernel = name
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias, fused=self.fused)
+        return linear(x, self.weight, self.bias, fused=self.fused, kernel=self._kernel)
