@@ -4,7 +4,8 @@
     python benchmarks/fast_path_ablation.py [--mode train|infer] [--rounds 12] [--threads 1] [--batch 128]
 
 Variants (same weights): ``all`` (the default model), ``no-onednn`` (every ``titn_edu.Linear``
-with ``fused = False``: ``F.linear``), ``no-prune`` (``prune_last_block = False``: the last
+with ``fused = False``: ``F.linear``), ``onednn`` (every ``titn_edu.Linear`` on oneDNN's product,
+untimed, as before linear kernels were timed), ``no-prune`` (``prune_last_block = False``: the last
 block computes every token), ``no-attention`` (every ``MultiHeadAttention`` with
 ``fused = False``: eq. 1 written out), ``untimed`` (every attention on the kernel it takes when
 timing is off, as before kernels were timed: ``"transposed"`` for the inner stream's heads,
@@ -52,6 +53,13 @@ def main() -> None:
                     m.fused = False
         return edit
 
+    def linear_kernel(name):
+        def edit(model):
+            for m in model.modules():
+                if isinstance(m, Linear):
+                    m.kernel = name
+        return edit
+
     def kernels(pick):
         def edit(model):
             for m in model.modules():
@@ -62,6 +70,7 @@ def main() -> None:
     models = {
         "all": base,
         "no-onednn": variant(off(Linear)),
+        "onednn": variant(linear_kernel("onednn")),
         "no-prune": variant(lambda m: setattr(m, "prune_last_block", False)),
         "no-attention": variant(off(MultiHeadAttention)),
         "untimed": variant(kernels(lambda m: "transposed" if m.head_dim <= 16 else "per_head")),
@@ -94,6 +103,10 @@ def main() -> None:
     print("attention kernels chosen by timing (`all`):",
           ", ".join(f"{key[1]} x {key[2]} heads, {'train' if key[-1] else 'infer'}: {name}"
                     for key, name in tuning.choices().items() if key[0] == "attention"))
+    print("linear kernels chosen by timing (rows x in -> out):",
+          ", ".join(f"{key[1]} x {key[2][1]} -> {key[2][0]}{' + GELU' if key[-1] else ''}: {name}"
+                    for key, name in tuning.choices().items()
+                    if key[0] == "linear" and key[6] == (args.mode == "train")))
 
 
 if __name__ == "__main__":
