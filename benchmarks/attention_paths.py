@@ -15,8 +15,9 @@ batch ``B`` (the paper's 32×32 configuration): inner ``(16·B, 16 tokens, 2 hea
   of at most 16 features over at most 128 tokens: the inner stream);
 * ``per_head_autograd``: the same two matmuls per head, untransposed, backward by autograd
   (``MultiHeadAttention`` on CPU for larger heads over at most 128 tokens: the outer stream);
-* ``packed``: all heads in one pair of batched matmuls, other heads' features masked out (not
-  used: it is faster still for tiny heads, but multiplies by zeros, so FLOP counts would grow);
+* ``packed``: all heads in one pair of batched matmuls, other heads' features masked out (not a
+  library kernel: it multiplies by zeros, ``h`` times the attention FLOPs, and on the AMD Zen 3 of
+  the fifth round in ``docs/benchmarks.md`` it is slower than the per-head kernels);
 * ``explicit``: eq. 1 with the weights materialised (``fused=False``, the reference).
 
 Times are per call, min and median over ``--reps`` interleaved repetitions; with one thread they

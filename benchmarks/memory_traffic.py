@@ -170,7 +170,9 @@ def formulations(pixels: torch.Tensor, block, reps: int, thread_clock: bool) -> 
         (f"LayerNorm {tuple(pixels.shape)}", pixels, {
             "PyTorch (as the model runs it)": layer_norm,
             "matrix products for the moments": layer_norm_by_matmul,
-            "feature-major, reduce across rows": layer_norm_feature_major}),
+            "feature-major, reduce across rows": layer_norm_feature_major,
+            "GroupNorm, one group of 12": lambda x: F.group_norm(
+                x.reshape(-1, c), 1, norm.weight, norm.bias, norm.eps).view(x.shape)}),
         (f"softmax {tuple(scores.shape)}", scores, {
             "PyTorch (as the model runs it)": lambda s: s.softmax(-1),
             "max, exp, sum, divide": softmax_by_parts}),
