@@ -46,35 +46,23 @@ def main() -> None:
         edit(model)
         return model
 
-    def off(kind):
+    def setting(kind, **attributes):
+        """Set attributes on every module of ``kind``; a callable value is called with the module."""
         def edit(model):
             for m in model.modules():
                 if isinstance(m, kind):
-                    m.fused = False
-        return edit
-
-    def linear_kernel(name):
-        def edit(model):
-            for m in model.modules():
-                if isinstance(m, Linear):
-                    m.kernel = name
-        return edit
-
-    def kernels(pick):
-        def edit(model):
-            for m in model.modules():
-                if isinstance(m, MultiHeadAttention):
-                    m.kernel = pick(m)
+                    for name, value in attributes.items():
+                        setattr(m, name, value(m) if callable(value) else value)
         return edit
 
     models = {
         "all": base,
-        "no-onednn": variant(off(Linear)),
-        "onednn": variant(linear_kernel("onednn")),
+        "no-onednn": variant(setting(Linear, fused=False)),
+        "onednn": variant(setting(Linear, kernel="onednn")),
         "no-prune": variant(lambda m: setattr(m, "prune_last_block", False)),
-        "no-attention": variant(off(MultiHeadAttention)),
-        "untimed": variant(kernels(lambda m: "transposed" if m.head_dim <= 16 else "per_head")),
-        "sdpa": variant(kernels(lambda m: "sdpa")),
+        "no-attention": variant(setting(MultiHeadAttention, fused=False)),
+        "untimed": variant(setting(MultiHeadAttention, kernel=lambda m: "transposed" if m.head_dim <= 16 else "per_head")),
+        "sdpa": variant(setting(MultiHeadAttention, kernel="sdpa")),
         "reference": variant(lambda m: set_fast_path(m, False)),
         "timm-tnt": build_timm_tnt(base.config),
         "deit-bound": build_model("deit", num_classes=100),
