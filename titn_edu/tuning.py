@@ -11,10 +11,11 @@ Zen 4, tied on the Xeon, and lose by up to 20 % on the outer stream's products o
 candidates the first time it meets a shape, on inputs of that shape, and keeps the fastest: the
 attention kernel per ``(qkv shape, heads)`` and the linear kernel per ``(rows, weight shape)``,
 each also per thread count and with or without gradients. Timing every shape of a TITN training
-step at batch 128 takes about 1.4 s, once per machine.
+step at batch 128 took about 1.3 s on a 2-core CPU, once per machine (``docs/benchmarks.md``,
+fifth round).
 
 All candidates compute the same function (``tests/test_fast_path.py`` checks every one of them
-against eq. 1, outputs and gradients); they differ in the order of float32 roundings only. So that
+against eq. 1 or :func:`torch.nn.functional.linear`, outputs and gradients); they differ in the order of float32 roundings only. So that
 two runs on one machine still give bitwise the same results (:func:`titn_edu.seed_everything`),
 a choice is kept not only for the process but in a small file, ``kernels.json``, in
 ``$TITN_EDU_CACHE_DIR``, else ``$XDG_CACHE_HOME/titn_edu``, else ``~/.cache/titn_edu``, under
