@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from titn_edu import Linear, Mlp, MultiHeadAttention, attention, linear, tuning
 
 NAMES = ("slow", "fast", "broken")
+needs_onednn = pytest.mark.skipif(not linear.onednn_linear_available(), reason="PyTorch built without oneDNN: nothing to choose")
 
 
 @pytest.fixture(autouse=True)
@@ -133,6 +134,7 @@ def test_long_sequences_and_forced_kernels_are_not_timed():
     assert [k for k in tuning.choices() if k[0] != "linear"] == []
 
 
+@needs_onednn
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_linear_times_its_kernels_per_shape_without_touching_the_random_stream(training):
     torch.manual_seed(0)
@@ -152,6 +154,7 @@ def test_linear_times_its_kernels_per_shape_without_touching_the_random_stream(t
     torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
 
 
+@needs_onednn
 def test_linear_gelu_times_the_fused_activation_as_its_own_choice():
     torch.manual_seed(0)
     mlp = Mlp(12, 48)
