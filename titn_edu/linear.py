@@ -173,7 +173,7 @@ def _check_kernel(kernel: str) -> None:
 
 
 def _fast(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None, fused: bool, kernel: str) -> Tensor:
-    _check_kernel(kernel)
+    """The fast path (``kernel`` already checked): BLAS where oneDNN does not apply, else the kernel named or timed."""
     if not fused or not _onednn_applies(x, weight, bias):
         return _blas(x, weight, bias, act)
     if act == "gelu" and _needs_grad(x, weight, bias):
@@ -188,6 +188,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool
 
     ``kernel``: ``"auto"`` (time the candidates once per shape), or one of :data:`LINEAR_KERNELS`.
     """
+    _check_kernel(kernel)
     return _fast(x, weight, bias, None, fused, kernel)
 
 
@@ -202,6 +203,7 @@ def linear_gelu(
     depends on the processor, so it is timed like :func:`linear`. Training keeps the two steps,
     because the GELU's backward pass needs the product itself.
     """
+    _check_kernel(kernel)
     return _fast(x, weight, bias, "gelu", fused, kernel)
 
 
@@ -230,4 +232,4 @@ class Linear(nn.Linear):
         self._kernel = name
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias, fused=self.fused, kernel=self._kernel)
+        return _fast(x, self.weight, self.bias, None, self.fused, self._kernel)  # the kernel was checked when set
