@@ -31,7 +31,7 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._fuse_gelu():  # inference: GELU applied by the matrix multiply where faster (titn_edu.linear.linear_gelu)
+        if self._fuse_gelu():  # inference: GELU fused into the product where faster (linear_gelu)
             hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias, kernel=self.fc1.kernel)
         else:
             hidden = self.act(self.fc1(x))

@@ -5,8 +5,8 @@ forward, on CPU in float32, can call oneDNN's matrix multiply (``"onednn"``) ins
 one :func:`torch.nn.functional.linear` uses there (``"blas"``). Which is faster depends on the
 processor and the shape (``benchmarks/linear_kernels.py``, ``docs/benchmarks.md``): on an AMD Zen 4
 oneDNN was about 10 % (outer stream) to 2× (inner stream) faster for the forward pass and the input
-gradient; on an Intel Xeon it was level in training; on an AMD Zen 3 BLAS is 5–15 % faster for the
-outer stream's 192- and 768-feature products while oneDNN stays faster for the inner stream's
+gradient; on an Intel Xeon it was level in training; on an AMD Zen 3 BLAS is up to 20 % faster for
+the outer stream's 192- and 768-feature products while oneDNN stays faster for the inner stream's
 12-feature ones. So, as :class:`titn_edu.MultiHeadAttention` does for attention, a layer times the
 two kernels the first time it meets a shape (:mod:`titn_edu.tuning`) and keeps the faster;
 :attr:`Linear.kernel` names one by hand. The weight gradient always runs on BLAS, which is faster
@@ -135,7 +135,7 @@ _RUN = {"onednn": _onednn, "blas": _blas}
 
 
 def _timing_runs(rows: int, weight: Tensor, bias: bool, input_grad: bool, needs_grad: bool, act: str | None):
-    """``{kernel: run}`` for :func:`tuning.fastest`, on random inputs of this shape (the global random stream is left alone)."""
+    """``{kernel: run}`` for :func:`tuning.fastest` on random inputs of this shape (global random stream untouched)."""
     gen = torch.Generator().manual_seed(0)
     out_features, in_features = weight.shape
     x = torch.randn(rows, in_features, dtype=weight.dtype, generator=gen).requires_grad_(input_grad)
@@ -156,15 +156,14 @@ def _timing_runs(rows: int, weight: Tensor, bias: bool, input_grad: bool, needs_
 
 
 def _choose_kernel(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> str:
-    """The faster of :data:`LINEAR_KERNELS` for this shape on this machine, timed once (:mod:`titn_edu.tuning`)."""
+    """The faster of :data:`LINEAR_KERNELS` for this shape and machine, timed once (:mod:`titn_edu.tuning`)."""
     rows = x.numel() // x.shape[-1]
     needs_grad = _needs_grad(x, weight, bias)
     input_grad = needs_grad and x.requires_grad
     key = ("linear", rows, tuple(weight.shape), bias is not None, weight.dtype, torch.get_num_threads(),
            needs_grad, input_grad, act)
-    return tuning.fastest(
-        key, LINEAR_KERNELS, lambda: _timing_runs(rows, weight, bias is not None, input_grad, needs_grad, act), repeats=5
-    )
+    setup = functools.partial(_timing_runs, rows, weight, bias is not None, input_grad, needs_grad, act)
+    return tuning.fastest(key, LINEAR_KERNELS, setup, repeats=5)
 
 
 def _check_kernel(kernel: str) -> None:
@@ -183,7 +182,9 @@ def _fast(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None, fused
     return _RUN[kernel](x, weight, bias, act)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool = True, kernel: str = "auto") -> Tensor:
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, fused: bool = True, kernel: str = "auto"
+) -> Tensor:
     """:func:`torch.nn.functional.linear` with the CPU fast path described in the module docstring.
 
     ``kernel``: ``"auto"`` (time the candidates once per shape), or one of :data:`LINEAR_KERNELS`.

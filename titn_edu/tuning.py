@@ -15,9 +15,10 @@ step at batch 128 took about 1.3 s on a 2-core CPU, once per machine (``docs/ben
 fifth round).
 
 All candidates compute the same function (``tests/test_fast_path.py`` checks every one of them
-against eq. 1 or :func:`torch.nn.functional.linear`, outputs and gradients); they differ in the order of float32 roundings only. So that
-two runs on one machine still give bitwise the same results (:func:`titn_edu.seed_everything`),
-a choice is kept not only for the process but in a small file, ``kernels.json``, in
+against eq. 1 or :func:`torch.nn.functional.linear`, outputs and gradients); they differ in the
+order of float32 roundings only. So that two runs on one machine still give bitwise the same
+results (:func:`titn_edu.seed_everything`), a choice is kept not only for the process but in a
+small file, ``kernels.json``, in
 ``$TITN_EDU_CACHE_DIR``, else ``$XDG_CACHE_HOME/titn_edu``, else ``~/.cache/titn_edu``, under
 the processor and the PyTorch version; later processes read it instead of timing again. Where
 the file cannot be written, choices last for the process only.
