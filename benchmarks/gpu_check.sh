@@ -50,7 +50,7 @@ PARTS=${GPU_CHECK_PARTS:-.parts}
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
     DEPS="$SCRATCH/deps"
     "$PY" -m pip install --quiet --no-index --no-deps --target "$DEPS" "$WHEELS"/*.whl
-    export PYTHONPATH="$PYTHONPATH:$DEPS"  # after the checkout and the environment's own packages
+    export PYTHONPATH="$PYTHONPATH:$DEPS"  # after the checkout, before site-packages (pure-Python wheels)
 fi
 
 if [ -z "${TITN_EDU_DATA:-}" ]; then
