@@ -13,7 +13,8 @@
 #   2. benchmarks/teacher_path.py  the teacher's forward pass, batch 1024, and a training step;
 #   3. benchmarks/data_path.py   DataLoader against DeviceLoader, CIFAR-10, batch 1024.
 #
-# Each writes a log (and throughput.py a JSON file) into OUT_DIR; the log names the machine.
+# Each writes a log (and throughput.py a JSON file) into OUT_DIR; machine.log names the machine.
+# Exit status 1 if any step failed (they are named at the end), 2 for an unknown step name.
 #
 # Offline machines. The package itself runs from the checkout (PYTHONPATH); what torch does not
 # bring is installed from wheels in .whl/ when they are there, made beforehand on a machine online:
@@ -74,12 +75,14 @@ else
     LIMIT=(480 60 60)  # torch.compile: two models, training and inference, compiled in step 1
 fi
 
+FAILED=()
 step() {  # step NAME LIMIT_S COMMAND...: run it under the limit, log to OUT/NAME.log, report its status
     local name=$1 limit=$2
     shift 2
     local start=$SECONDS
     timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
+    [ "$rc" = 0 ] || FAILED+=("$name")
     echo "== $name: exit $rc after $((SECONDS - start)) s (limit $limit s); log $OUT/$name.log"
     tail -n 25 "$OUT/$name.log"
 }
@@ -105,4 +108,8 @@ if [[ $STEPS == *" data "* ]]; then
     else
         echo "== data_path: skipped: set TITN_EDU_DATA to a folder with cifar10-npz/, or put a part in $PARTS/"
     fi
+fi
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "== failed: ${FAILED[*]}"
+    exit 1
 fi
