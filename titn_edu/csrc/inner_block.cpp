@@ -1,0 +1,292 @@
+// TITN's inner (pixel) transformer block, fused: forward and backward for one patch at a time.
+//
+// The block is eq. 2-6 on the 16 pixel tokens of a patch (paper §3.2, Fig. 1):
+//     X' = X + m1 * proj(MSA(LN1(X))),        MSA: eq. 1-3, heads of D = C / heads features
+//     Y  = X' + m2 * fc2(GELU(fc1(LN2(X'))))  MLP: eq. 4-5, LN: eq. 6
+// with m1, m2 the per-patch stochastic-depth scales (1 without drop path). PyTorch runs it as about
+// 70 small operators over rows of 12 features and sequences of 16 tokens, each paying per-row
+// overhead; here one patch's 16 x 12 values stay in registers and L1 from LayerNorm to the last
+// residual. Layout inside: feature-major, one `Row` (16 floats, two 8-lane vectors) per feature,
+// so every product, LayerNorm and softmax runs across the 16 tokens in SIMD lanes; attention
+// scores are kept key by key with the queries in lanes, which makes softmax lane-wise as well.
+//
+// The backward pass recomputes the patch's forward activations (cheaper than storing them) and
+// accumulates parameter gradients lane-wise, summed once at the end of the call.
+//
+// Written with GCC/Clang vector extensions only (no intrinsics, no PyTorch headers), so it builds
+// in a second or two with any recent g++ or clang++; titn_edu/native.py builds and loads it with
+// ctypes and checks it against the PyTorch path (tests/test_native.py).
+// exp and erf are polynomial approximations (Cephes expf, relative error ~1e-7; Abramowitz &
+// Stegun 7.1.26 for erf, absolute error < 1.5e-7): outputs agree with PyTorch's to float32
+// rounding of the same order as a change of kernel.
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+constexpr int T = 16, L = 8, G = T / L;
+struct alignas(32) Row { v8 g[G]; };
+static inline float* fl(Row* r) { return (float*)r->g; }
+static inline const float* fl(const Row* r) { return (const float*)r->g; }
+
+static inline v8 splat(float x) { return (v8){} + x; }
+static inline v8 vexp(v8 x) {
+  x = x < -87.3f ? splat(-87.3f) : x;
+  x = x > 88.7f ? splat(88.7f) : x;
+  v8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  v8 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  v8 p = splat(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  v8 y = p * r * r + r + 1.0f;
+  vi8 e = (__builtin_convertvector(n, vi8) + 127) << 23;
+  return y * (v8)e;
+}
+static inline v8 verf(v8 x) {
+  v8 ax = (v8)((vi8)x & 0x7fffffff);
+  v8 t = 1.0f / (1.0f + 0.3275911f * ax);
+  v8 p = splat(1.061405429f);
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  v8 y = 1.0f - p * t * vexp(-ax * ax);
+  return x < 0 ? -y : y;
+}
+// GELU and its derivative at once: Phi(z) = (1 + erf(z/sqrt2))/2, gelu = z Phi, gelu' = Phi + z phi(z);
+// the erf approximation's exp(-z^2/2) is phi's too.
+static inline void gelu_and_grad(v8 z, v8& out, v8& grad) {
+  v8 x = z * 0.70710678118654752f;
+  v8 ax = (v8)((vi8)x & 0x7fffffff);
+  v8 t = 1.0f / (1.0f + 0.3275911f * ax);
+  v8 p = splat(1.061405429f);
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  v8 e = vexp(-ax * ax);
+  v8 y = 1.0f - p * t * e;
+  y = x < 0 ? -y : y;
+  v8 phi_big = 0.5f * (1.0f + y);
+  out = z * phi_big;
+  grad = phi_big + z * 0.39894228040143268f * e;
+}
+static inline v8 gelu(v8 z) { return 0.5f * z * (1.0f + verf(z * 0.70710678118654752f)); }
+// out[o] = b[o] + sum_k W[o][k] in[k]
+static inline void matvec(const float* __restrict W, const float* __restrict b, const Row* __restrict in,
+                          Row* __restrict out, int O, int K) {
+  int o = 0;
+  for (; o + 4 <= O; o += 4) {
+    v8 a[4][G];
+    for (int u = 0; u < 4; ++u) for (int g = 0; g < G; ++g) a[u][g] = splat(b ? b[o+u] : 0.f);
+    const float* w = W + o * K;
+    for (int k = 0; k < K; ++k)
+      for (int u = 0; u < 4; ++u) { const float c = w[u*K + k]; for (int g = 0; g < G; ++g) a[u][g] += c * in[k].g[g]; }
+    for (int u = 0; u < 4; ++u) for (int g = 0; g < G; ++g) out[o+u].g[g] = a[u][g];
+  }
+  for (; o < O; ++o) {
+    v8 a[G];
+    for (int g = 0; g < G; ++g) a[g] = splat(b ? b[o] : 0.f);
+    for (int k = 0; k < K; ++k) for (int g = 0; g < G; ++g) a[g] += W[o*K+k] * in[k].g[g];
+    for (int g = 0; g < G; ++g) out[o].g[g] = a[g];
+  }
+}
+// acc[o][k] += sum over tokens of dy[o] in[k] (lanes kept apart)
+static inline void outer_acc(v8* __restrict acc, const Row* __restrict dy, const Row* __restrict in, int O, int K) {
+  for (int o = 0; o < O; ++o) {
+    const v8 d0 = dy[o].g[0], d1 = dy[o].g[1];
+    v8* a = acc + o * K;
+    for (int k = 0; k < K; ++k) a[k] += d0 * in[k].g[0] + d1 * in[k].g[1];
+  }
+}
+static inline void row_acc(v8* __restrict acc, const Row* __restrict dy, int O) {
+  for (int o = 0; o < O; ++o) acc[o] += dy[o].g[0] + dy[o].g[1];
+}
+
+static inline void ln_fwd(const Row* __restrict x, const float* __restrict gm, const float* __restrict be,
+                          Row* __restrict n, Row& rs, Row* __restrict y, int C, float eps) {
+  for (int g = 0; g < G; ++g) {
+    v8 mu = {};
+    for (int c = 0; c < C; ++c) mu += x[c].g[g];
+    mu *= 1.0f / C;
+    v8 var = {};
+    for (int c = 0; c < C; ++c) { v8 d = x[c].g[g] - mu; var += d * d; }
+    v8 r = var * (1.0f / C) + eps;
+    for (int t = 0; t < L; ++t) r[t] = 1.0f / std::sqrt(r[t]);
+    rs.g[g] = r;
+    for (int c = 0; c < C; ++c) { v8 v = (x[c].g[g] - mu) * r; n[c].g[g] = v; y[c].g[g] = v * gm[c] + be[c]; }
+  }
+}
+// dx[c] += LN backward of dy; accumulates dgamma, dbeta
+static inline void ln_bwd(const Row* __restrict dy, const Row* __restrict n, const Row& rs, const float* __restrict gm,
+                          Row* __restrict dx, v8* __restrict dg, v8* __restrict db, int C) {
+  for (int c = 0; c < C; ++c) {
+    dg[c] += dy[c].g[0] * n[c].g[0] + dy[c].g[1] * n[c].g[1];
+    db[c] += dy[c].g[0] + dy[c].g[1];
+  }
+  for (int g = 0; g < G; ++g) {
+    v8 m1 = {}, m2 = {};
+    for (int c = 0; c < C; ++c) { v8 dn = dy[c].g[g] * gm[c]; m1 += dn; m2 += dn * n[c].g[g]; }
+    m1 *= 1.0f / C; m2 *= 1.0f / C;
+    for (int c = 0; c < C; ++c) dx[c].g[g] += rs.g[g] * (dy[c].g[g] * gm[c] - m1 - n[c].g[g] * m2);
+  }
+}
+
+struct Dims { int C, HID, heads, D; float eps, scale; };
+struct Cache {  // one patch's activations, feature-major
+  Row *x, *n1, *a1, *qkv, *p, *o, *x2, *n2, *a2, *z, *hg, *gd, *y;
+  Row rs1, rs2;
+  std::vector<Row> buf;
+  explicit Cache(const Dims& d) : buf(d.C * 8 + 3 * d.C + d.heads * T + 3 * d.HID) {
+    Row* q = buf.data(); const int C = d.C;
+    x = q; q += C; n1 = q; q += C; a1 = q; q += C; qkv = q; q += 3 * C; p = q; q += d.heads * T; o = q; q += C;
+    x2 = q; q += C; n2 = q; q += C; a2 = q; q += C; z = q; q += d.HID; hg = q; q += d.HID; gd = q; q += d.HID; y = q;
+  }
+};
+// params: g1 b1 wqkv wp bp g2 b2 w1 bb1 w2 bb2
+enum { G1, B1, WQKV, WP, BP, G2, B2, W1, BB1, W2, BB2, NPARAM };
+
+static void forward_patch(const float* xp, const float* const* prm, const Dims& d, float m1, Cache& c, bool for_backward) {
+  const int C = d.C, D = d.D;
+  for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) fl(&c.x[k])[t] = xp[t*C+k];
+  ln_fwd(c.x, prm[G1], prm[B1], c.n1, c.rs1, c.a1, C, d.eps);
+  matvec(prm[WQKV], nullptr, c.a1, c.qkv, 3*C, C);
+  for (int h = 0; h < d.heads; ++h) {
+    const Row* q = c.qkv + h*D; const Row* k = c.qkv + C + h*D; const Row* v = c.qkv + 2*C + h*D;
+    Row* P = c.p + h*T;
+    for (int g = 0; g < G; ++g) {
+      v8 m = {};
+      for (int j = 0; j < T; ++j) {  // scores of key j, queries in lanes
+        v8 acc = {};
+        for (int e = 0; e < D; ++e) acc += fl(&k[e])[j] * q[e].g[g];
+        acc *= d.scale;
+        P[j].g[g] = acc;
+        m = j == 0 ? acc : (m > acc ? m : acc);
+      }
+      v8 sum = {};
+      for (int j = 0; j < T; ++j) { v8 e = vexp(P[j].g[g] - m); P[j].g[g] = e; sum += e; }
+      sum = 1.0f / sum;
+      for (int j = 0; j < T; ++j) P[j].g[g] *= sum;
+      for (int e = 0; e < D; ++e) {
+        v8 acc = {};
+        for (int j = 0; j < T; ++j) acc += fl(&v[e])[j] * P[j].g[g];
+        c.o[h*D+e].g[g] = acc;
+      }
+    }
+  }
+  matvec(prm[WP], prm[BP], c.o, c.x2, C, C);
+  for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) c.x2[k].g[g] = c.x[k].g[g] + m1 * c.x2[k].g[g];
+  ln_fwd(c.x2, prm[G2], prm[B2], c.n2, c.rs2, c.a2, C, d.eps);
+  matvec(prm[W1], prm[BB1], c.a2, c.z, d.HID, C);
+  if (for_backward) {  // the backward pass needs GELU's derivative, not the MLP's output
+    for (int i = 0; i < d.HID; ++i) for (int g = 0; g < G; ++g) gelu_and_grad(c.z[i].g[g], c.hg[i].g[g], c.gd[i].g[g]);
+  } else {
+    for (int i = 0; i < d.HID; ++i) for (int g = 0; g < G; ++g) c.hg[i].g[g] = gelu(c.z[i].g[g]);
+    matvec(prm[W2], prm[BB2], c.hg, c.y, C, d.HID);
+  }
+}
+
+extern "C" void titn_inner_forward(const float* X, float* Y, int64_t P, int C, int HID, int heads, float eps,
+                                   const float* const* prm, const float* m1s, const float* m2s) {
+  Dims d{C, HID, heads, C / heads, eps, 1.0f / std::sqrt((float)(C / heads))};
+  Cache c(d);
+  for (int64_t p = 0; p < P; ++p) {
+    const float m1 = m1s ? m1s[p] : 1.0f, m2 = m2s ? m2s[p] : 1.0f;
+    forward_patch(X + p * T * C, prm, d, m1, c, false);
+    float* yp = Y + p * T * C;
+    for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) yp[t*C+k] = fl(&c.x2[k])[t] + m2 * fl(&c.y[k])[t];
+  }
+}
+
+static void transpose_w(const float* W, float* WT, int O, int K) {
+  for (int o = 0; o < O; ++o) for (int k = 0; k < K; ++k) WT[k*O+o] = W[o*K+k];
+}
+
+// grads: same order as params, accumulated (+=) into; caller zeroes them.
+extern "C" void titn_inner_backward(const float* X, const float* dY, float* dX, int64_t P, int C, int HID, int heads,
+                                    float eps, const float* const* prm, const float* m1s, const float* m2s,
+                                    float* const* grd) {
+  Dims d{C, HID, heads, C / heads, eps, 1.0f / std::sqrt((float)(C / heads))};
+  const int D = d.D;
+  Cache c(d);
+  std::vector<float> wt(3*C*C + C*C + 2*HID*C);
+  float* wqkvT = wt.data(); float* wpT = wqkvT + 3*C*C; float* w1T = wpT + C*C; float* w2T = w1T + HID*C;
+  transpose_w(prm[WQKV], wqkvT, 3*C, C); transpose_w(prm[WP], wpT, C, C);
+  transpose_w(prm[W1], w1T, HID, C); transpose_w(prm[W2], w2T, C, HID);
+  const int sizes[NPARAM] = {C, C, 3*C*C, C*C, C, C, C, HID*C, HID, C*HID, C};
+  std::vector<v8> accbuf;
+  int off[NPARAM + 1]; off[0] = 0;
+  for (int i = 0; i < NPARAM; ++i) off[i+1] = off[i] + sizes[i];
+  accbuf.assign(off[NPARAM], v8{});
+  v8* acc[NPARAM];
+  for (int i = 0; i < NPARAM; ++i) acc[i] = accbuf.data() + off[i];
+  std::vector<Row> b(8*C + HID + 2*T + 4);
+  Row* dx = b.data(); Row* dx2 = dx + C; Row* dy = dx2 + C; Row* dh = dy + C; Row* da = dh + HID;
+  Row* dqkv = da + C; Row* dS = dqkv + 3*C; Row* PT = dS + T; Row* du = PT + T; Row* dSd = du + C;
+  (void)dSd;
+  for (int64_t p = 0; p < P; ++p) {
+    const float m1 = m1s ? m1s[p] : 1.0f, m2 = m2s ? m2s[p] : 1.0f;
+    forward_patch(X + p * T * C, prm, d, m1, c, true);
+    const float* dyp = dY + p * T * C;
+    for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) fl(&dx2[k])[t] = dyp[t*C+k];
+    // MLP branch: out = x2 + m2 * fc2(gelu(fc1(LN2(x2))))
+    for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) dy[k].g[g] = m2 * dx2[k].g[g];
+    row_acc(acc[BB2], dy, C); outer_acc(acc[W2], dy, c.hg, C, HID);
+    matvec(w2T, nullptr, dy, dh, HID, C);
+    for (int i = 0; i < HID; ++i) for (int g = 0; g < G; ++g) dh[i].g[g] *= c.gd[i].g[g];
+    row_acc(acc[BB1], dh, HID); outer_acc(acc[W1], dh, c.a2, HID, C);
+    matvec(w1T, nullptr, dh, da, C, HID);
+    ln_bwd(da, c.n2, c.rs2, prm[G2], dx2, acc[G2], acc[B2], C);
+    // attention branch: x2 = x + m1 * proj(attn(LN1(x)))
+    for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) du[k].g[g] = m1 * dx2[k].g[g];
+    row_acc(acc[BP], du, C); outer_acc(acc[WP], du, c.o, C, C);
+    Row* dO = dy;  // reuse
+    matvec(wpT, nullptr, du, dO, C, C);
+    for (int h = 0; h < heads; ++h) {
+      const Row* q = c.qkv + h*D; const Row* k = c.qkv + C + h*D; const Row* v = c.qkv + 2*C + h*D;
+      const Row* Pm = c.p + h*T;
+      Row* dq = dqkv + h*D; Row* dk = dqkv + C + h*D; Row* dv = dqkv + 2*C + h*D;
+      for (int g = 0; g < G; ++g) {
+        v8 r = {};
+        for (int j = 0; j < T; ++j) {
+          v8 dp = {};
+          for (int e = 0; e < D; ++e) dp += fl(&v[e])[j] * dO[h*D+e].g[g];
+          dS[j].g[g] = dp;
+          r += Pm[j].g[g] * dp;
+        }
+        for (int j = 0; j < T; ++j) dS[j].g[g] = Pm[j].g[g] * (dS[j].g[g] - r) * d.scale;
+        for (int e = 0; e < D; ++e) {
+          v8 a = {};
+          for (int j = 0; j < T; ++j) a += fl(&k[e])[j] * dS[j].g[g];
+          dq[e].g[g] = a;
+        }
+      }
+      // keys in lanes: dk[e][j] = sum_i q[e][i] dS[j][i], dv[e][j] = sum_i dO[e][i] P[j][i]
+      Row dST[T];
+      for (int i = 0; i < T; ++i) for (int j = 0; j < T; ++j) { fl(&dST[i])[j] = fl(&dS[j])[i]; fl(&PT[i])[j] = fl(&Pm[j])[i]; }
+      for (int e = 0; e < D; ++e) {
+        v8 ak[G] = {}, av[G] = {};
+        for (int i = 0; i < T; ++i) {
+          const float qi = fl(&q[e])[i], oi = fl(&dO[h*D+e])[i];
+          for (int g = 0; g < G; ++g) { ak[g] += qi * dST[i].g[g]; av[g] += oi * PT[i].g[g]; }
+        }
+        for (int g = 0; g < G; ++g) { dk[e].g[g] = ak[g]; dv[e].g[g] = av[g]; }
+      }
+    }
+    outer_acc(acc[WQKV], dqkv, c.a1, 3*C, C);
+    matvec(wqkvT, nullptr, dqkv, da, C, 3*C);
+    for (int k = 0; k < C; ++k) dx[k] = dx2[k];
+    ln_bwd(da, c.n1, c.rs1, prm[G1], dx, acc[G1], acc[B1], C);
+    float* dxp = dX + p * T * C;
+    for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) dxp[t*C+k] = fl(&dx[k])[t];
+  }
+  for (int i = 0; i < NPARAM; ++i) {
+    if (!grd[i]) continue;
+    for (int j = 0; j < sizes[i]; ++j) { float s = 0; for (int l = 0; l < L; ++l) s += acc[i][j][l]; grd[i][j] += s; }
+  }
+}

@@ -1,0 +1,314 @@
+"""The inner (pixel) transformer block as one fused C++ kernel on CPU, built on first use.
+
+TITN's inner transformer works on 2,048 sequences of 16 pixel tokens with 12 features (batch
+128). PyTorch runs each inner block as about 70 small operators, each paying per-row overhead on
+rows of 12 features, and the inner stream ends up costing half as much time as the outer
+transformer while doing a tenth of its arithmetic (``docs/benchmarks.md``). The kernel in
+``csrc/inner_block.cpp`` computes a whole block, forward and backward, one patch at a time with
+the patch's 16 × 12 values in registers — about 3× faster than the operators it replaces.
+
+* **Built on first use**, with the C++ compiler it finds (``$CXX``, else ``c++``, ``g++`` or
+  ``clang++``), for this processor (``-march=native``), in about two seconds. The library is kept
+  in the cache folder of :mod:`titn_edu.tuning` under a name that hashes the source, the compiler
+  and the processor, so later processes load it at once. Without a compiler, or if the build
+  fails, a single warning says so and every block runs on PyTorch operators, as before.
+* **Taken automatically** by :class:`titn_edu.TransformerBlock` where it applies: a CPU float32
+  tensor ``(patches, 16, dim)``, the block's standard modules with their fast paths on, no hooks
+  and no autocast, ``torch.compile``, dispatch mode (``FlopCounterMode``) or ``torch.func``
+  transform active (:func:`applies`). Anything else takes the PyTorch path.
+* **Switched off** with :func:`titn_edu.set_fast_path` (``False`` is the reference path), with
+  ``titn_edu.native.enabled = False``, or with ``TITN_EDU_NATIVE=0`` in the environment before
+  import.
+
+Drop path (stochastic depth) is supported: the masks are drawn exactly as :class:`DropPath`
+draws them, so a seeded run takes the same masks on either path. ``tests/test_native.py`` checks
+outputs and every gradient against the PyTorch path, with and without drop path, and
+``benchmarks/native_inner_block.py`` times the two.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from . import tuning
+from .attention import MultiHeadAttention
+from .layers import DropPath, Mlp
+from .linear import Linear
+from .utils import cpu_name
+
+__all__ = ["enabled", "available", "applies", "inner_block", "library_path", "TOKENS"]
+
+#: Use the fused kernel where it applies (``True``, the default) or never.
+enabled: bool = os.environ.get("TITN_EDU_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+#: The kernel handles sequences of exactly this many pixel tokens (the paper's 4 × 4 pixels per patch).
+TOKENS = 16
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "inner_block.cpp"
+_FLAGS = ("-std=c++17", "-O3", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
+_MIN_PATCHES_PER_THREAD = 64
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_path: Path | None = None
+_failure: str | None = None  # why the kernel is unavailable, once known
+_pool: ThreadPoolExecutor | None = None
+
+
+def _compiler() -> str | None:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx) or cxx
+    return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
+
+
+def _compiler_version(cxx: str) -> str:
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0] if out.stdout else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _build_dir() -> Path:
+    cache = tuning.cache_file()
+    if cache is not None:
+        return cache.parent
+    return Path(tempfile.gettempdir()) / f"titn_edu-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+def _compile(cxx: str, source: bytes, out: Path) -> str | None:
+    """Build the shared library at ``out`` (atomically); ``None`` on success, else the compiler's complaint."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    error = ""
+    for arch in (["-march=native"], []):  # a compiler that does not know -march=native still builds it
+        fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cxx, *_FLAGS, *arch, str(_SOURCE), "-o", tmp],
+                                  capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                os.replace(tmp, out)
+                return None
+            error = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            error = error[0]
+        except (OSError, subprocess.SubprocessError) as exc:
+            error = str(exc)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return error
+
+
+def _load() -> ctypes.CDLL | None:
+    """The kernel library, built if needed; ``None`` (and one warning) if it cannot be had."""
+    global _lib, _path, _failure
+    with _lock:
+        if _lib is not None or _failure is not None:
+            return _lib
+        cxx = _compiler()
+        if cxx is None:
+            _failure = "no C++ compiler found (set CXX, or install g++ or clang++)"
+        else:
+            source = _SOURCE.read_bytes()
+            key = hashlib.sha256(b"\0".join([
+                source, " ".join(_FLAGS).encode(), _compiler_version(cxx).encode(),
+                cpu_name(ids=True).encode(), platform.machine().encode(),
+            ])).hexdigest()[:16]
+            path = _build_dir() / f"inner_block-{key}.so"
+            try:
+                if not path.exists():
+                    problem = _compile(cxx, source, path)
+                    if problem is not None:
+                        _failure = f"{Path(cxx).name} failed: {problem}"
+                if _failure is None:
+                    lib = ctypes.CDLL(str(path))
+                    _declare(lib)
+                    _lib, _path = lib, path
+            except OSError as exc:
+                _failure = f"could not build or load {path}: {exc}"
+        if _failure is not None:
+            warnings.warn(
+                f"titn_edu: the fused inner-block kernel is not available ({_failure}); TITN's inner "
+                "transformer runs on PyTorch operators instead, about 2x slower on CPU. "
+                "Set TITN_EDU_NATIVE=0 to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return _lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, ptrs = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
+    dims = [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float]
+    lib.titn_inner_forward.argtypes = [ptr, ptr, *dims, ptrs, ptr, ptr]
+    lib.titn_inner_forward.restype = None
+    lib.titn_inner_backward.argtypes = [ptr, ptr, ptr, *dims, ptrs, ptr, ptr, ptrs]
+    lib.titn_inner_backward.restype = None
+
+
+def available() -> bool:
+    """Whether the kernel can be used here (builds it on first call; ``False`` when switched off)."""
+    return enabled and _load() is not None
+
+
+def library_path() -> Path | None:
+    """Where the built kernel library is, or ``None`` before the first build or when unavailable."""
+    return _path
+
+
+def _plain(*modules: nn.Module) -> bool:
+    """No hooks anywhere that expect the submodules to run one by one."""
+    from torch.nn.modules import module as m
+
+    if m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks:
+        return False
+    return not any(
+        mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks
+        for mod in modules
+    )
+
+
+def applies(block: nn.Module, x: Tensor) -> bool:
+    """Whether :func:`inner_block` computes ``block(x)`` here; see the module docstring for the conditions."""
+    if not enabled or type(x) is not Tensor or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    if x.dim() != 3 or x.shape[1] != TOKENS or x.shape[0] == 0:
+        return False
+    if (torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
+            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
+        return False
+    norm1, attn, norm2, mlp = (getattr(block, n, None) for n in ("norm1", "attn", "norm2", "mlp"))
+    drop = getattr(block, "drop_path", None)
+    if not (type(norm1) is nn.LayerNorm and type(norm2) is nn.LayerNorm and type(attn) is MultiHeadAttention
+            and type(mlp) is Mlp and type(drop) is DropPath):
+        return False
+    dim = x.shape[2]
+    if (norm1.normalized_shape != (dim,) or norm2.normalized_shape != (dim,) or norm1.weight is None
+            or norm1.bias is None or norm2.weight is None or norm2.bias is None or norm1.eps != norm2.eps):
+        return False
+    qkv, proj, fc1, act, fc2 = attn.qkv, attn.proj, mlp.fc1, mlp.act, mlp.fc2
+    if not (attn.fused and attn.kernel == "auto" and attn._recorder is None and attn.dim == dim):
+        return False
+    if not all(type(fc) is Linear and fc.fused and fc.kernel == "auto" for fc in (qkv, proj, fc1, fc2)):
+        return False
+    if qkv.bias is not None or proj.bias is None or fc1.bias is None or fc2.bias is None:
+        return False
+    if type(act) is not nn.GELU or act.approximate != "none" or type(mlp.drop) is not nn.Identity:
+        return False
+    params = _params(block)
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+        return False
+    return _plain(norm1, attn, qkv, proj, norm2, mlp, fc1, act, fc2, drop) and available()
+
+
+def _params(block: nn.Module) -> list[Tensor]:
+    """The parameters in the kernel's order: LN1 γ β, W_qkv, W_proj b_proj, LN2 γ β, W_fc1 b_fc1, W_fc2 b_fc2."""
+    a, m = block.attn, block.mlp
+    return [block.norm1.weight, block.norm1.bias, a.qkv.weight, a.proj.weight, a.proj.bias,
+            block.norm2.weight, block.norm2.bias, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias]
+
+
+def inner_block(block: nn.Module, x: Tensor) -> Tensor:
+    """``block(x)`` for a :class:`titn_edu.TransformerBlock` on ``x (patches, 16, dim)``, by the fused kernel.
+
+    Call it only where :func:`applies` is true (``TransformerBlock.forward`` does).
+    """
+    drop = block.drop_path
+    scales = [None, None]
+    if drop.p > 0 and drop.training:  # the masks DropPath would draw, in the same order
+        keep = 1.0 - drop.p
+        scales = [x.new_empty((x.shape[0], 1, 1)).bernoulli_(keep).view(-1).div_(keep) for _ in range(2)]
+    return _InnerBlock.apply(x.contiguous(), scales[0], scales[1], block.norm1.eps, block.attn.num_heads,
+                             *[p.contiguous() for p in _params(block)])
+
+
+def _addr(t: Tensor | None, offset: int = 0) -> int | None:
+    return None if t is None else t.data_ptr() + offset * t.element_size()
+
+
+def _chunks(patches: int) -> list[tuple[int, int]]:
+    """Split the patches across :func:`torch.get_num_threads` threads (fewer for small inputs)."""
+    n = max(1, min(torch.get_num_threads(), patches // _MIN_PATCHES_PER_THREAD))
+    bounds = [patches * i // n for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _run(calls: list) -> None:
+    """Run the calls (the kernel releases the GIL under ctypes): the first here, the rest on a thread pool."""
+    global _pool
+    if len(calls) == 1:
+        calls[0]()
+        return
+    if _pool is None or _pool._max_workers < len(calls) - 1:
+        _pool = ThreadPoolExecutor(max_workers=len(calls) - 1, thread_name_prefix="titn_edu-native")
+    futures = [_pool.submit(c) for c in calls[1:]]
+    calls[0]()
+    for f in futures:
+        f.result()
+
+
+class _InnerBlock(torch.autograd.Function):
+    """Forward and backward of one inner block by the kernel; the backward recomputes the activations."""
+
+    @staticmethod
+    def forward(ctx, x, m1, m2, eps, heads, *params):
+        lib = _lib
+        patches, tokens, dim = x.shape
+        hidden = params[9].shape[1]
+        out = torch.empty_like(x)
+        prm = (ctypes.c_void_p * len(params))(*[p.data_ptr() for p in params])
+        step = tokens * dim
+
+        def call(lo: int, hi: int):
+            return lambda: lib.titn_inner_forward(
+                _addr(x, lo * step), _addr(out, lo * step), hi - lo, dim, hidden, heads, eps, prm,
+                _addr(m1, lo), _addr(m2, lo))
+
+        _run([call(lo, hi) for lo, hi in _chunks(patches)])
+        ctx.save_for_backward(x, m1, m2, *params)
+        ctx.eps, ctx.heads = eps, heads
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        lib = _lib
+        x, m1, m2, *params = ctx.saved_tensors
+        patches, tokens, dim = x.shape
+        hidden = params[9].shape[1]
+        grad_out = grad_out.contiguous()
+        grad_x = torch.empty_like(x)
+        chunks = _chunks(patches)
+        sizes = [p.numel() for p in params]
+        acc = torch.zeros(len(chunks), sum(sizes))  # each thread's parameter gradients
+        prm = (ctypes.c_void_p * len(params))(*[p.data_ptr() for p in params])
+        step = tokens * dim
+        calls = []
+        for i, (lo, hi) in enumerate(chunks):
+            offsets = [sum(sizes[:j]) for j in range(len(sizes))]
+            grd = (ctypes.c_void_p * len(params))(*[_addr(acc[i], o) for o in offsets])
+
+            def call(lo=lo, hi=hi, grd=grd):
+                lib.titn_inner_backward(
+                    _addr(x, lo * step), _addr(grad_out, lo * step), _addr(grad_x, lo * step), hi - lo, dim,
+                    hidden, ctx.heads, ctx.eps, prm, _addr(m1, lo), _addr(m2, lo), grd)
+            calls.append(call)
+        _run(calls)
+        flat = acc.sum(0) if len(chunks) > 1 else acc[0]
+        grads = [g.view_as(p) for g, p in zip(flat.split(sizes), params)]
+        return (grad_x, None, None, None, None, *grads)
