@@ -37,7 +37,6 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -60,13 +59,15 @@ TOKENS = 16
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "inner_block.cpp"
 _FLAGS = ("-std=c++17", "-O3", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
+#: Tried in order: for this processor with OpenMP (the runtime PyTorch loaded is shared, not a second
+#: one), then without OpenMP (one thread), then for any processor of the architecture.
+_VARIANTS = (("-march=native", "-fopenmp"), ("-march=native",), ())
 _MIN_PATCHES_PER_THREAD = 64
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _path: Path | None = None
 _failure: str | None = None  # why the kernel is unavailable, once known
-_pool: ThreadPoolExecutor | None = None
 
 
 def _compiler() -> str | None:
@@ -95,7 +96,7 @@ def _compile(cxx: str, source: bytes, out: Path) -> str | None:
     """Build the shared library at ``out`` (atomically); ``None`` on success, else the compiler's complaint."""
     out.parent.mkdir(parents=True, exist_ok=True)
     error = ""
-    for arch in (["-march=native"], []):  # a compiler that does not know -march=native still builds it
+    for arch in _VARIANTS:
         fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
         os.close(fd)
         try:
@@ -155,9 +156,9 @@ def _load() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     ptr, ptrs = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
     dims = [ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float]
-    lib.titn_inner_forward.argtypes = [ptr, ptr, *dims, ptrs, ptr, ptr]
+    lib.titn_inner_forward.argtypes = [ptr, ptr, *dims, ptrs, ptr, ptr, ctypes.c_int]
     lib.titn_inner_forward.restype = None
-    lib.titn_inner_backward.argtypes = [ptr, ptr, ptr, *dims, ptrs, ptr, ptr, ptrs]
+    lib.titn_inner_backward.argtypes = [ptr, ptr, ptr, *dims, ptrs, ptr, ptr, ptr, ctypes.c_int64, ctypes.c_int]
     lib.titn_inner_backward.restype = None
 
 
@@ -237,29 +238,13 @@ def inner_block(block: nn.Module, x: Tensor) -> Tensor:
                              *[p.contiguous() for p in _params(block)])
 
 
-def _addr(t: Tensor | None, offset: int = 0) -> int | None:
-    return None if t is None else t.data_ptr() + offset * t.element_size()
+def _addr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
-def _chunks(patches: int) -> list[tuple[int, int]]:
-    """Split the patches across :func:`torch.get_num_threads` threads (fewer for small inputs)."""
-    n = max(1, min(torch.get_num_threads(), patches // _MIN_PATCHES_PER_THREAD))
-    bounds = [patches * i // n for i in range(n + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _run(calls: list) -> None:
-    """Run the calls (the kernel releases the GIL under ctypes): the first here, the rest on a thread pool."""
-    global _pool
-    if len(calls) == 1:
-        calls[0]()
-        return
-    if _pool is None or _pool._max_workers < len(calls) - 1:
-        _pool = ThreadPoolExecutor(max_workers=len(calls) - 1, thread_name_prefix="titn_edu-native")
-    futures = [_pool.submit(c) for c in calls[1:]]
-    calls[0]()
-    for f in futures:
-        f.result()
+def _threads(patches: int) -> int:
+    """:func:`torch.get_num_threads`, fewer for small inputs; the result depends on nothing else (reproducible sums)."""
+    return max(1, min(torch.get_num_threads(), patches // _MIN_PATCHES_PER_THREAD))
 
 
 class _InnerBlock(torch.autograd.Function):
@@ -267,19 +252,12 @@ class _InnerBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, m1, m2, eps, heads, *params):
-        lib = _lib
-        patches, tokens, dim = x.shape
+        patches, _, dim = x.shape
         hidden = params[9].shape[1]
         out = torch.empty_like(x)
         prm = (ctypes.c_void_p * len(params))(*[p.data_ptr() for p in params])
-        step = tokens * dim
-
-        def call(lo: int, hi: int):
-            return lambda: lib.titn_inner_forward(
-                _addr(x, lo * step), _addr(out, lo * step), hi - lo, dim, hidden, heads, eps, prm,
-                _addr(m1, lo), _addr(m2, lo))
-
-        _run([call(lo, hi) for lo, hi in _chunks(patches)])
+        _lib.titn_inner_forward(x.data_ptr(), out.data_ptr(), patches, dim, hidden, heads, eps, prm,
+                                _addr(m1), _addr(m2), _threads(patches))
         ctx.save_for_backward(x, m1, m2, *params)
         ctx.eps, ctx.heads = eps, heads
         return out
@@ -287,28 +265,18 @@ class _InnerBlock(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        lib = _lib
         x, m1, m2, *params = ctx.saved_tensors
-        patches, tokens, dim = x.shape
+        patches, _, dim = x.shape
         hidden = params[9].shape[1]
         grad_out = grad_out.contiguous()
         grad_x = torch.empty_like(x)
-        chunks = _chunks(patches)
+        threads = _threads(patches)
         sizes = [p.numel() for p in params]
-        acc = torch.zeros(len(chunks), sum(sizes))  # each thread's parameter gradients
+        acc = torch.zeros(threads, sum(sizes))  # each thread's parameter gradients, summed below in order
         prm = (ctypes.c_void_p * len(params))(*[p.data_ptr() for p in params])
-        step = tokens * dim
-        calls = []
-        for i, (lo, hi) in enumerate(chunks):
-            offsets = [sum(sizes[:j]) for j in range(len(sizes))]
-            grd = (ctypes.c_void_p * len(params))(*[_addr(acc[i], o) for o in offsets])
-
-            def call(lo=lo, hi=hi, grd=grd):
-                lib.titn_inner_backward(
-                    _addr(x, lo * step), _addr(grad_out, lo * step), _addr(grad_x, lo * step), hi - lo, dim,
-                    hidden, ctx.heads, ctx.eps, prm, _addr(m1, lo), _addr(m2, lo), grd)
-            calls.append(call)
-        _run(calls)
-        flat = acc.sum(0) if len(chunks) > 1 else acc[0]
+        _lib.titn_inner_backward(x.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), patches, dim, hidden,
+                                 ctx.heads, ctx.eps, prm, _addr(m1), _addr(m2), acc.data_ptr(), acc.shape[1],
+                                 threads)
+        flat = acc.sum(0) if threads > 1 else acc[0]
         grads = [g.view_as(p) for g, p in zip(flat.split(sizes), params)]
         return (grad_x, None, None, None, None, *grads)

@@ -96,13 +96,23 @@ static inline void matvec(const float* __restrict W, const float* __restrict b, 
     for (int g = 0; g < G; ++g) out[o].g[g] = a[g];
   }
 }
-// acc[o][k] += sum over tokens of dy[o] in[k] (lanes kept apart)
+// acc[o][k] += sum over tokens of dy[o] in[k] (lanes kept apart), four inputs at a time held in registers
 static inline void outer_acc(v8* __restrict acc, const Row* __restrict dy, const Row* __restrict in, int O, int K) {
-  for (int o = 0; o < O; ++o) {
-    const v8 d0 = dy[o].g[0], d1 = dy[o].g[1];
-    v8* a = acc + o * K;
-    for (int k = 0; k < K; ++k) a[k] += d0 * in[k].g[0] + d1 * in[k].g[1];
+  int k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const v8 i00 = in[k].g[0], i01 = in[k].g[1], i10 = in[k+1].g[0], i11 = in[k+1].g[1];
+    const v8 i20 = in[k+2].g[0], i21 = in[k+2].g[1], i30 = in[k+3].g[0], i31 = in[k+3].g[1];
+    for (int o = 0; o < O; ++o) {
+      const v8 d0 = dy[o].g[0], d1 = dy[o].g[1];
+      v8* a = acc + o * K + k;
+      a[0] += d0 * i00 + d1 * i01;
+      a[1] += d0 * i10 + d1 * i11;
+      a[2] += d0 * i20 + d1 * i21;
+      a[3] += d0 * i30 + d1 * i31;
+    }
   }
+  for (; k < K; ++k)
+    for (int o = 0; o < O; ++o) acc[o * K + k] += dy[o].g[0] * in[k].g[0] + dy[o].g[1] * in[k].g[1];
 }
 static inline void row_acc(v8* __restrict acc, const Row* __restrict dy, int O) {
   for (int o = 0; o < O; ++o) acc[o] += dy[o].g[0] + dy[o].g[1];
@@ -191,8 +201,8 @@ static void forward_patch(const float* xp, const float* const* prm, const Dims& 
   }
 }
 
-extern "C" void titn_inner_forward(const float* X, float* Y, int64_t P, int C, int HID, int heads, float eps,
-                                   const float* const* prm, const float* m1s, const float* m2s) {
+static void forward_range(const float* X, float* Y, int64_t P, int C, int HID, int heads, float eps,
+                          const float* const* prm, const float* m1s, const float* m2s) {
   Dims d{C, HID, heads, C / heads, eps, 1.0f / std::sqrt((float)(C / heads))};
   Cache c(d);
   for (int64_t p = 0; p < P; ++p) {
@@ -208,9 +218,9 @@ static void transpose_w(const float* W, float* WT, int O, int K) {
 }
 
 // grads: same order as params, accumulated (+=) into; caller zeroes them.
-extern "C" void titn_inner_backward(const float* X, const float* dY, float* dX, int64_t P, int C, int HID, int heads,
-                                    float eps, const float* const* prm, const float* m1s, const float* m2s,
-                                    float* const* grd) {
+// grd: the parameter gradients, flat in the order of `prm`, accumulated (+=) into.
+static void backward_range(const float* X, const float* dY, float* dX, int64_t P, int C, int HID, int heads,
+                           float eps, const float* const* prm, const float* m1s, const float* m2s, float* grd) {
   Dims d{C, HID, heads, C / heads, eps, 1.0f / std::sqrt((float)(C / heads))};
   const int D = d.D;
   Cache c(d);
@@ -285,8 +295,29 @@ extern "C" void titn_inner_backward(const float* X, const float* dY, float* dX, 
     float* dxp = dX + p * T * C;
     for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) dxp[t*C+k] = fl(&dx[k])[t];
   }
-  for (int i = 0; i < NPARAM; ++i) {
-    if (!grd[i]) continue;
-    for (int j = 0; j < sizes[i]; ++j) { float s = 0; for (int l = 0; l < L; ++l) s += acc[i][j][l]; grd[i][j] += s; }
+  for (int i = 0; i < NPARAM; ++i)
+    for (int j = 0; j < sizes[i]; ++j) { float s = 0; for (int l = 0; l < L; ++l) s += acc[i][j][l]; grd[off[i] + j] += s; }
+}
+
+// The entry points. Patches are split into `threads` equal ranges, one per OpenMP thread (the
+// runtime PyTorch itself uses, when built with -fopenmp); thread t accumulates its parameter
+// gradients into grd + t * grd_stride, so the caller sums them in a fixed order.
+extern "C" void titn_inner_forward(const float* X, float* Y, int64_t P, int C, int HID, int heads, float eps,
+                                   const float* const* prm, const float* m1s, const float* m2s, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) {
+    const int64_t lo = P * t / threads, hi = P * (t + 1) / threads, at = lo * T * C;
+    forward_range(X + at, Y + at, hi - lo, C, HID, heads, eps, prm, m1s ? m1s + lo : nullptr, m2s ? m2s + lo : nullptr);
+  }
+}
+
+extern "C" void titn_inner_backward(const float* X, const float* dY, float* dX, int64_t P, int C, int HID, int heads,
+                                    float eps, const float* const* prm, const float* m1s, const float* m2s,
+                                    float* grd, int64_t grd_stride, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int t = 0; t < threads; ++t) {
+    const int64_t lo = P * t / threads, hi = P * (t + 1) / threads, at = lo * T * C;
+    backward_range(X + at, dY + at, dX + at, hi - lo, C, HID, heads, eps, prm, m1s ? m1s + lo : nullptr,
+                   m2s ? m2s + lo : nullptr, grd + t * grd_stride);
   }
 }
