@@ -118,6 +118,34 @@ static inline void row_acc(v8* __restrict acc, const Row* __restrict dy, int O) 
   for (int o = 0; o < O; ++o) acc[o] += dy[o].g[0] + dy[o].g[1];
 }
 
+// out[j] = sum_e coef[e][j] * rows[e] for the T tokens j: each token's lane of coef is a scalar
+// (attention scores QK^T with the queries in lanes, key by key). Four tokens at a time for both
+// lane groups: eight independent accumulators.
+static inline void mix_lanes(Row* __restrict out, const Row* __restrict coef, const Row* __restrict rows, int E) {
+  for (int j0 = 0; j0 < T; j0 += 4) {
+    v8 a[4][G] = {};
+    for (int e = 0; e < E; ++e) {
+      const float* ce = fl(&coef[e]) + j0;
+      for (int u = 0; u < 4; ++u) for (int g = 0; g < G; ++g) a[u][g] += ce[u] * rows[e].g[g];
+    }
+    for (int u = 0; u < 4; ++u) for (int g = 0; g < G; ++g) out[j0 + u].g[g] = a[u][g];
+  }
+}
+// out[e] = sum_j coef[e][j] * rows[j] over the T tokens j (attention-weighted values, e < E).
+// Six features at a time for both lane groups: twelve independent accumulators.
+static inline void mix_rows(Row* __restrict out, const Row* __restrict coef, const Row* __restrict rows, int E) {
+  for (int e0 = 0; e0 < E; e0 += 6) {
+    const int eb = E - e0 < 6 ? E - e0 : 6;
+    v8 a[6][G] = {};
+    for (int j = 0; j < T; ++j)
+      for (int e = 0; e < eb; ++e) {
+        const float cj = fl(&coef[e0 + e])[j];
+        for (int g = 0; g < G; ++g) a[e][g] += cj * rows[j].g[g];
+      }
+    for (int e = 0; e < eb; ++e) out[e0 + e] = Row{{a[e][0], a[e][1]}};
+  }
+}
+
 static inline void ln_fwd(const Row* __restrict x, const float* __restrict gm, const float* __restrict be,
                           Row* __restrict n, Row& rs, Row* __restrict y, int C, float eps) {
   for (int g = 0; g < G; ++g) {
@@ -169,25 +197,20 @@ static void forward_patch(const float* xp, const float* const* prm, const Dims& 
   for (int h = 0; h < d.heads; ++h) {
     const Row* q = c.qkv + h*D; const Row* k = c.qkv + C + h*D; const Row* v = c.qkv + 2*C + h*D;
     Row* P = c.p + h*T;
-    for (int g = 0; g < G; ++g) {
-      v8 m = {};
-      for (int j = 0; j < T; ++j) {  // scores of key j, queries in lanes
-        v8 acc = {};
-        for (int e = 0; e < D; ++e) acc += fl(&k[e])[j] * q[e].g[g];
-        acc *= d.scale;
-        P[j].g[g] = acc;
-        m = j == 0 ? acc : (m > acc ? m : acc);
+    mix_lanes(P, k, q, D);  // scores of key j in P[j], the queries in lanes
+    for (int j = 0; j < T; ++j) for (int g = 0; g < G; ++g) P[j].g[g] *= d.scale;
+    for (int g = 0; g < G; ++g) {  // softmax over the keys, lane-wise
+      v8 m = P[0].g[g];
+      for (int j = 1; j < T; ++j) m = m > P[j].g[g] ? m : P[j].g[g];
+      v8 s0 = {}, s1 = {};
+      for (int j = 0; j < T; j += 2) {
+        v8 e0 = vexp(P[j].g[g] - m), e1 = vexp(P[j + 1].g[g] - m);
+        P[j].g[g] = e0; P[j + 1].g[g] = e1; s0 += e0; s1 += e1;
       }
-      v8 sum = {};
-      for (int j = 0; j < T; ++j) { v8 e = vexp(P[j].g[g] - m); P[j].g[g] = e; sum += e; }
-      sum = 1.0f / sum;
-      for (int j = 0; j < T; ++j) P[j].g[g] *= sum;
-      for (int e = 0; e < D; ++e) {
-        v8 acc = {};
-        for (int j = 0; j < T; ++j) acc += fl(&v[e])[j] * P[j].g[g];
-        c.o[h*D+e].g[g] = acc;
-      }
+      const v8 inv = 1.0f / (s0 + s1);
+      for (int j = 0; j < T; ++j) P[j].g[g] *= inv;
     }
+    mix_rows(c.o + h*D, v, P, D);
   }
   matvec(prm[WP], prm[BP], c.o, c.x2, C, C);
   for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) c.x2[k].g[g] = c.x[k].g[g] + m1 * c.x2[k].g[g];
@@ -261,32 +284,19 @@ static void backward_range(const float* X, const float* dY, float* dX, int64_t P
       const Row* q = c.qkv + h*D; const Row* k = c.qkv + C + h*D; const Row* v = c.qkv + 2*C + h*D;
       const Row* Pm = c.p + h*T;
       Row* dq = dqkv + h*D; Row* dk = dqkv + C + h*D; Row* dv = dqkv + 2*C + h*D;
-      for (int g = 0; g < G; ++g) {
-        v8 r = {};
-        for (int j = 0; j < T; ++j) {
-          v8 dp = {};
-          for (int e = 0; e < D; ++e) dp += fl(&v[e])[j] * dO[h*D+e].g[g];
-          dS[j].g[g] = dp;
-          r += Pm[j].g[g] * dp;
-        }
+      mix_lanes(dS, v, dO + h*D, D);  // dP[j] = sum_e v[e][j] dO[e], queries in lanes
+      for (int g = 0; g < G; ++g) {  // softmax backward: dS = P (dP - sum_j P dP), times the scale
+        v8 r0 = {}, r1 = {};
+        for (int j = 0; j < T; j += 2) { r0 += Pm[j].g[g] * dS[j].g[g]; r1 += Pm[j + 1].g[g] * dS[j + 1].g[g]; }
+        const v8 r = r0 + r1;
         for (int j = 0; j < T; ++j) dS[j].g[g] = Pm[j].g[g] * (dS[j].g[g] - r) * d.scale;
-        for (int e = 0; e < D; ++e) {
-          v8 a = {};
-          for (int j = 0; j < T; ++j) a += fl(&k[e])[j] * dS[j].g[g];
-          dq[e].g[g] = a;
-        }
       }
-      // keys in lanes: dk[e][j] = sum_i q[e][i] dS[j][i], dv[e][j] = sum_i dO[e][i] P[j][i]
+      mix_rows(dq, k, dS, D);
+      // Keys in lanes: dk[e][j] = sum_i q[e][i] dS[j][i], dv[e][j] = sum_i dO[e][i] P[j][i].
       Row dST[T];
       for (int i = 0; i < T; ++i) for (int j = 0; j < T; ++j) { fl(&dST[i])[j] = fl(&dS[j])[i]; fl(&PT[i])[j] = fl(&Pm[j])[i]; }
-      for (int e = 0; e < D; ++e) {
-        v8 ak[G] = {}, av[G] = {};
-        for (int i = 0; i < T; ++i) {
-          const float qi = fl(&q[e])[i], oi = fl(&dO[h*D+e])[i];
-          for (int g = 0; g < G; ++g) { ak[g] += qi * dST[i].g[g]; av[g] += oi * PT[i].g[g]; }
-        }
-        for (int g = 0; g < G; ++g) { dk[e].g[g] = ak[g]; dv[e].g[g] = av[g]; }
-      }
+      mix_rows(dk, q, dST, D);
+      mix_rows(dv, dO + h*D, PT, D);
     }
     outer_acc(acc[WQKV], dqkv, c.a1, 3*C, C);
     matvec(wqkvT, nullptr, dqkv, da, C, 3*C);
