@@ -1,0 +1,209 @@
+"""The fused C++ inner block (titn_edu.native) computes what the PyTorch operators compute.
+
+Each check runs a block or a whole model twice, on the kernel and on the reference path
+(``set_fast_path(..., False)``: explicit attention, ``F.linear``), and compares outputs and every
+gradient. The kernel's exp and erf are polynomial approximations, so agreement is to float32
+rounding, not bitwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from titn_edu import TransformerBlock, build_model, capture_attention, native, set_fast_path
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler: the kernel cannot be built here")
+
+
+def _pair(dim=12, heads=2, mlp_ratio=4.0, drop_path=0.0, seed=0):
+    torch.manual_seed(seed)
+    fast = TransformerBlock(dim=dim, num_heads=heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
+    with torch.no_grad():  # weights far from the initial ones, so every term matters
+        for p in fast.parameters():
+            p.normal_(0.0, 0.3)
+    ref = TransformerBlock(dim=dim, num_heads=heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
+    ref.load_state_dict(fast.state_dict())
+    set_fast_path(ref, False)
+    return fast, ref
+
+
+def _run(block, x, grad, seed=1):
+    block.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = block(x)
+    out.backward(grad)
+    return out.detach(), x.grad, {n: p.grad for n, p in block.named_parameters()}
+
+
+def _close(a, b, rtol=1e-5):
+    """Equal to float32 rounding, relative to the tensor's scale (gradients sum over many tokens)."""
+    scale = b.abs().max().clamp_min(1.0)
+    assert (a - b).abs().max() <= rtol * 10 * scale, (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("dim,heads,mlp_ratio", [(12, 2, 4.0), (8, 2, 2.0), (12, 3, 4.0), (16, 4, 1.5)])
+def test_kernel_matches_reference_outputs_and_gradients(dim, heads, mlp_ratio):
+    fast, ref = _pair(dim, heads, mlp_ratio)
+    assert native.applies(fast, torch.zeros(3, 16, dim)) and not native.applies(ref, torch.zeros(3, 16, dim))
+    x, grad = torch.randn(300, 16, dim), torch.randn(300, 16, dim)
+    out_f, gx_f, gp_f = _run(fast, x, grad)
+    out_r, gx_r, gp_r = _run(ref, x, grad)
+    _close(out_f, out_r)
+    _close(gx_f, gx_r)
+    assert gp_f.keys() == gp_r.keys()
+    for name in gp_r:
+        _close(gp_f[name], gp_r[name])
+
+
+def test_the_kernel_really_runs_and_a_wrong_result_would_show(monkeypatch):
+    """Guard against a comparison of the reference with itself: the kernel's output is the block's output."""
+    fast, ref = _pair()
+    x = torch.randn(64, 16, 12)
+    calls = []
+    real = native.inner_block
+    monkeypatch.setattr(native, "inner_block", lambda b, t: calls.append(1) or real(b, t) + 1e-3)
+    with torch.no_grad():
+        diff = (fast(x) - ref(x)).abs().max()
+    assert calls and diff > 5e-4
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_drop_path_masks_and_threads(threads):
+    """Training with drop path draws the same masks as DropPath; any thread count gives the same result."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast, ref = _pair(drop_path=0.4)
+        fast.train(), ref.train()
+        x, grad = torch.randn(512, 16, 12), torch.randn(512, 16, 12)
+        out_f, gx_f, gp_f = _run(fast, x, grad)
+        out_r, gx_r, gp_r = _run(ref, x, grad)
+        dropped = (out_r - x).abs().amax(dim=(1, 2)) == 0  # patches whose two branches were both dropped
+        assert 0 < int(dropped.sum()) < 512
+        _close(out_f, out_r)
+        _close(gx_f, gx_r)
+        for name in gp_r:
+            _close(gp_f[name], gp_r[name])
+        fast.eval(), ref.eval()
+        with torch.no_grad():
+            _close(fast(x), ref(x))
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_whole_model_train_and_eval_match_reference():
+    torch.manual_seed(0)
+    fast = build_model("titn-tiny", num_classes=10, drop_path=0.1)
+    ref = build_model("titn-tiny", num_classes=10, drop_path=0.1)
+    ref.load_state_dict(fast.state_dict())
+    set_fast_path(ref, False)
+    images = torch.randn(4, 3, 32, 32)
+    for train in (True, False):
+        fast.train(train), ref.train(train)
+        outs = []
+        for model in (fast, ref):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(3)
+            out = model(images)
+            out = out if isinstance(out, torch.Tensor) else sum(o * (i + 1) for i, o in enumerate(out))
+            out.square().mean().backward()
+            outs.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+        _close(outs[0][0], outs[1][0])
+        for name, g in outs[1][1].items():
+            _close(outs[0][1][name], g)
+
+
+def test_falls_back_where_it_does_not_apply():
+    fast, _ = _pair()
+    x = torch.randn(8, 16, 12)
+    assert native.applies(fast, x)
+    assert not native.applies(fast, x.double())
+    assert not native.applies(fast, torch.randn(8, 9, 12))  # 9 pixel tokens: the kernel handles 16
+    assert not native.applies(fast, torch.randn(0, 16, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not native.applies(fast, x)
+    handle = fast.mlp.fc1.register_forward_hook(lambda *a: None)
+    assert not native.applies(fast, x)
+    handle.remove()
+    fast.attn.kernel = "per_head"
+    assert not native.applies(fast, x)
+    fast.attn.kernel = "auto"
+    old = native.enabled
+    native.enabled = False
+    try:
+        assert not native.applies(fast, x)
+    finally:
+        native.enabled = old
+    assert native.applies(fast, x)
+
+
+def test_capture_attention_still_sees_inner_maps():
+    torch.manual_seed(0)
+    model = build_model("titn-tiny", num_classes=10).eval()
+    with capture_attention(model) as maps, torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert len(maps.inner) == len(model.blocks) and maps.inner[0].shape[-2:] == (16, 16)
+
+
+def test_flop_counter_counts_the_operators():
+    """Under FlopCounterMode the block runs as operators, so every product is counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fast, ref = _pair()
+    x = torch.randn(32, 16, 12)
+    counts = []
+    for block in (fast, ref):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            block(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+CHECK = """
+    import warnings, torch
+    warnings.simplefilter("always")
+    from titn_edu import TransformerBlock, native
+    block = TransformerBlock(dim=12, num_heads=2)
+    x = torch.randn(4, 16, 12)
+    print("applies", native.applies(block, x), "library", native.library_path() is not None)
+    print("shape", tuple(block(x).shape))
+"""
+
+
+def test_without_a_compiler_one_warning_and_the_pytorch_path(tmp_path):
+    proc = _python(CHECK, CXX=str(tmp_path / "no-such-compiler"), TITN_EDU_CACHE_DIR=str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert "applies False library False" in proc.stdout and "shape (4, 16, 12)" in proc.stdout
+    assert proc.stderr.count("fused inner-block kernel is not available") == 1
+    assert "TITN_EDU_NATIVE=0" in proc.stderr
+    assert not list((tmp_path / "cache").glob("*.so*"))  # nothing half-written left behind
+
+
+def test_switched_off_by_environment_builds_nothing(tmp_path):
+    proc = _python(CHECK, TITN_EDU_NATIVE="0", TITN_EDU_CACHE_DIR=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "applies False library False" in proc.stdout and not proc.stderr.strip()
+    assert not list(tmp_path.glob("*.so*"))
+
+
+def test_builds_into_the_cache_folder_once(tmp_path):
+    first = _python(CHECK, TITN_EDU_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "applies True library True" in first.stdout
+    built = list(tmp_path.glob("inner_block-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob("*.tmp"))
+    stamp = built[0].stat().st_mtime_ns
+    second = _python(CHECK, TITN_EDU_CACHE_DIR=str(tmp_path))
+    assert "applies True library True" in second.stdout and built[0].stat().st_mtime_ns == stamp
