@@ -114,6 +114,25 @@ static inline void outer_acc(v8* __restrict acc, const Row* __restrict dy, const
   for (; k < K; ++k)
     for (int o = 0; o < O; ++o) acc[o * K + k] += dy[o].g[0] * in[k].g[0] + dy[o].g[1] * in[k].g[1];
 }
+// The same for two patches at once: half the accumulator loads and stores per product.
+static inline void outer_acc2(v8* __restrict acc, const Row* __restrict dy, const Row* __restrict in,
+                              const Row* __restrict dy2, const Row* __restrict in2, int O, int K) {
+  int k = 0;
+  for (; k + 2 <= K; k += 2) {
+    const v8 i00 = in[k].g[0], i01 = in[k].g[1], i10 = in[k+1].g[0], i11 = in[k+1].g[1];
+    const v8 j00 = in2[k].g[0], j01 = in2[k].g[1], j10 = in2[k+1].g[0], j11 = in2[k+1].g[1];
+    for (int o = 0; o < O; ++o) {
+      const v8 d0 = dy[o].g[0], d1 = dy[o].g[1], e0 = dy2[o].g[0], e1 = dy2[o].g[1];
+      v8* a = acc + o * K + k;
+      a[0] += (d0 * i00 + d1 * i01) + (e0 * j00 + e1 * j01);
+      a[1] += (d0 * i10 + d1 * i11) + (e0 * j10 + e1 * j11);
+    }
+  }
+  for (; k < K; ++k)
+    for (int o = 0; o < O; ++o)
+      acc[o * K + k] += (dy[o].g[0] * in[k].g[0] + dy[o].g[1] * in[k].g[1])
+                      + (dy2[o].g[0] * in2[k].g[0] + dy2[o].g[1] * in2[k].g[1]);
+}
 static inline void row_acc(v8* __restrict acc, const Row* __restrict dy, int O) {
   for (int o = 0; o < O; ++o) acc[o] += dy[o].g[0] + dy[o].g[1];
 }
@@ -242,68 +261,100 @@ static void transpose_w(const float* W, float* WT, int O, int K) {
 
 // grads: same order as params, accumulated (+=) into; caller zeroes them.
 // grd: the parameter gradients, flat in the order of `prm`, accumulated (+=) into.
+// One patch's backward pass (after forward_patch(..., true) filled c): the input gradient into dX,
+// bias, LayerNorm and the rows the weight gradients need (dy, dh, du, dqkv) into w; the weight
+// gradients themselves are accumulated by the caller, two patches at a time.
+struct Work {
+  Row *dx, *dx2, *dy, *dh, *da, *dqkv, *dS, *PT, *du, *dO;
+  std::vector<Row> buf;
+  explicit Work(const Dims& d) : buf(9 * d.C + d.HID + 2 * T) {
+    Row* q = buf.data(); const int C = d.C;
+    dx = q; q += C; dx2 = q; q += C; dy = q; q += C; dh = q; q += d.HID; da = q; q += C;
+    dqkv = q; q += 3 * C; dS = q; q += T; PT = q; q += T; du = q; q += C; dO = q;
+  }
+};
+struct Transposed {  // the weights transposed once per call, for the input gradients
+  std::vector<float> wt;
+  float *wqkv, *wp, *w1, *w2;
+  Transposed(const float* const* prm, int C, int HID) : wt(3*C*C + C*C + 2*HID*C) {
+    wqkv = wt.data(); wp = wqkv + 3*C*C; w1 = wp + C*C; w2 = w1 + HID*C;
+    transpose_w(prm[WQKV], wqkv, 3*C, C); transpose_w(prm[WP], wp, C, C);
+    transpose_w(prm[W1], w1, HID, C); transpose_w(prm[W2], w2, C, HID);
+  }
+};
+
+static void backward_patch(const float* dyp, float* dxp, const float* const* prm, const Dims& d, const Transposed& wt,
+                           float m1, float m2, const Cache& c, Work& w, v8* const* acc) {
+  const int C = d.C, HID = d.HID, D = d.D;
+  for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) fl(&w.dx2[k])[t] = dyp[t*C+k];
+  // MLP branch: out = x2 + m2 * fc2(gelu(fc1(LN2(x2))))
+  for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) w.dy[k].g[g] = m2 * w.dx2[k].g[g];
+  row_acc(acc[BB2], w.dy, C);
+  matvec(wt.w2, nullptr, w.dy, w.dh, HID, C);
+  for (int i = 0; i < HID; ++i) for (int g = 0; g < G; ++g) w.dh[i].g[g] *= c.gd[i].g[g];
+  row_acc(acc[BB1], w.dh, HID);
+  matvec(wt.w1, nullptr, w.dh, w.da, C, HID);
+  ln_bwd(w.da, c.n2, c.rs2, prm[G2], w.dx2, acc[G2], acc[B2], C);
+  // attention branch: x2 = x + m1 * proj(attn(LN1(x)))
+  for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) w.du[k].g[g] = m1 * w.dx2[k].g[g];
+  row_acc(acc[BP], w.du, C);
+  matvec(wt.wp, nullptr, w.du, w.dO, C, C);
+  for (int h = 0; h < d.heads; ++h) {
+    const Row* q = c.qkv + h*D; const Row* k = c.qkv + C + h*D; const Row* v = c.qkv + 2*C + h*D;
+    const Row* Pm = c.p + h*T;
+    Row* dq = w.dqkv + h*D; Row* dk = w.dqkv + C + h*D; Row* dv = w.dqkv + 2*C + h*D;
+    Row* dS = w.dS; Row* PT = w.PT; const Row* dO = w.dO + h*D;
+    mix_lanes(dS, v, dO, D);  // dP[j] = sum_e v[e][j] dO[e], queries in lanes
+    for (int g = 0; g < G; ++g) {  // softmax backward: dS = P (dP - sum_j P dP), times the scale
+      v8 r0 = {}, r1 = {};
+      for (int j = 0; j < T; j += 2) { r0 += Pm[j].g[g] * dS[j].g[g]; r1 += Pm[j + 1].g[g] * dS[j + 1].g[g]; }
+      const v8 r = r0 + r1;
+      for (int j = 0; j < T; ++j) dS[j].g[g] = Pm[j].g[g] * (dS[j].g[g] - r) * d.scale;
+    }
+    mix_rows(dq, k, dS, D);
+    // Keys in lanes: dk[e][j] = sum_i q[e][i] dS[j][i], dv[e][j] = sum_i dO[e][i] P[j][i].
+    Row dST[T];
+    for (int i = 0; i < T; ++i) for (int j = 0; j < T; ++j) { fl(&dST[i])[j] = fl(&dS[j])[i]; fl(&PT[i])[j] = fl(&Pm[j])[i]; }
+    mix_rows(dk, q, dST, D);
+    mix_rows(dv, dO, PT, D);
+  }
+  matvec(wt.wqkv, nullptr, w.dqkv, w.da, C, 3*C);
+  for (int k = 0; k < C; ++k) w.dx[k] = w.dx2[k];
+  ln_bwd(w.da, c.n1, c.rs1, prm[G1], w.dx, acc[G1], acc[B1], C);
+  for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) dxp[t*C+k] = fl(&w.dx[k])[t];
+}
+
+// grd: the parameter gradients, flat in the order of `prm`, accumulated (+=) into.
 static void backward_range(const float* X, const float* dY, float* dX, int64_t P, int C, int HID, int heads,
                            float eps, const float* const* prm, const float* m1s, const float* m2s, float* grd) {
   Dims d{C, HID, heads, C / heads, eps, 1.0f / std::sqrt((float)(C / heads))};
-  const int D = d.D;
-  Cache c(d);
-  std::vector<float> wt(3*C*C + C*C + 2*HID*C);
-  float* wqkvT = wt.data(); float* wpT = wqkvT + 3*C*C; float* w1T = wpT + C*C; float* w2T = w1T + HID*C;
-  transpose_w(prm[WQKV], wqkvT, 3*C, C); transpose_w(prm[WP], wpT, C, C);
-  transpose_w(prm[W1], w1T, HID, C); transpose_w(prm[W2], w2T, C, HID);
+  const Transposed wt(prm, C, HID);
   const int sizes[NPARAM] = {C, C, 3*C*C, C*C, C, C, C, HID*C, HID, C*HID, C};
-  std::vector<v8> accbuf;
   int off[NPARAM + 1]; off[0] = 0;
   for (int i = 0; i < NPARAM; ++i) off[i+1] = off[i] + sizes[i];
-  accbuf.assign(off[NPARAM], v8{});
+  std::vector<v8> accbuf(off[NPARAM], v8{});  // lane-wise sums, reduced once at the end
   v8* acc[NPARAM];
   for (int i = 0; i < NPARAM; ++i) acc[i] = accbuf.data() + off[i];
-  std::vector<Row> b(8*C + HID + 2*T + 4);
-  Row* dx = b.data(); Row* dx2 = dx + C; Row* dy = dx2 + C; Row* dh = dy + C; Row* da = dh + HID;
-  Row* dqkv = da + C; Row* dS = dqkv + 3*C; Row* PT = dS + T; Row* du = PT + T; Row* dSd = du + C;
-  (void)dSd;
-  for (int64_t p = 0; p < P; ++p) {
-    const float m1 = m1s ? m1s[p] : 1.0f, m2 = m2s ? m2s[p] : 1.0f;
-    forward_patch(X + p * T * C, prm, d, m1, c, true);
-    const float* dyp = dY + p * T * C;
-    for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) fl(&dx2[k])[t] = dyp[t*C+k];
-    // MLP branch: out = x2 + m2 * fc2(gelu(fc1(LN2(x2))))
-    for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) dy[k].g[g] = m2 * dx2[k].g[g];
-    row_acc(acc[BB2], dy, C); outer_acc(acc[W2], dy, c.hg, C, HID);
-    matvec(w2T, nullptr, dy, dh, HID, C);
-    for (int i = 0; i < HID; ++i) for (int g = 0; g < G; ++g) dh[i].g[g] *= c.gd[i].g[g];
-    row_acc(acc[BB1], dh, HID); outer_acc(acc[W1], dh, c.a2, HID, C);
-    matvec(w1T, nullptr, dh, da, C, HID);
-    ln_bwd(da, c.n2, c.rs2, prm[G2], dx2, acc[G2], acc[B2], C);
-    // attention branch: x2 = x + m1 * proj(attn(LN1(x)))
-    for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) du[k].g[g] = m1 * dx2[k].g[g];
-    row_acc(acc[BP], du, C); outer_acc(acc[WP], du, c.o, C, C);
-    Row* dO = dy;  // reuse
-    matvec(wpT, nullptr, du, dO, C, C);
-    for (int h = 0; h < heads; ++h) {
-      const Row* q = c.qkv + h*D; const Row* k = c.qkv + C + h*D; const Row* v = c.qkv + 2*C + h*D;
-      const Row* Pm = c.p + h*T;
-      Row* dq = dqkv + h*D; Row* dk = dqkv + C + h*D; Row* dv = dqkv + 2*C + h*D;
-      mix_lanes(dS, v, dO + h*D, D);  // dP[j] = sum_e v[e][j] dO[e], queries in lanes
-      for (int g = 0; g < G; ++g) {  // softmax backward: dS = P (dP - sum_j P dP), times the scale
-        v8 r0 = {}, r1 = {};
-        for (int j = 0; j < T; j += 2) { r0 += Pm[j].g[g] * dS[j].g[g]; r1 += Pm[j + 1].g[g] * dS[j + 1].g[g]; }
-        const v8 r = r0 + r1;
-        for (int j = 0; j < T; ++j) dS[j].g[g] = Pm[j].g[g] * (dS[j].g[g] - r) * d.scale;
-      }
-      mix_rows(dq, k, dS, D);
-      // Keys in lanes: dk[e][j] = sum_i q[e][i] dS[j][i], dv[e][j] = sum_i dO[e][i] P[j][i].
-      Row dST[T];
-      for (int i = 0; i < T; ++i) for (int j = 0; j < T; ++j) { fl(&dST[i])[j] = fl(&dS[j])[i]; fl(&PT[i])[j] = fl(&Pm[j])[i]; }
-      mix_rows(dk, q, dST, D);
-      mix_rows(dv, dO + h*D, PT, D);
+  Cache c[2] = {Cache(d), Cache(d)};
+  Work w[2] = {Work(d), Work(d)};
+  for (int64_t p = 0; p < P; p += 2) {
+    const int n = P - p < 2 ? 1 : 2;
+    for (int u = 0; u < n; ++u) {
+      const float m1 = m1s ? m1s[p + u] : 1.0f, m2 = m2s ? m2s[p + u] : 1.0f;
+      forward_patch(X + (p + u) * T * C, prm, d, m1, c[u], true);
+      backward_patch(dY + (p + u) * T * C, dX + (p + u) * T * C, prm, d, wt, m1, m2, c[u], w[u], acc);
     }
-    outer_acc(acc[WQKV], dqkv, c.a1, 3*C, C);
-    matvec(wqkvT, nullptr, dqkv, da, C, 3*C);
-    for (int k = 0; k < C; ++k) dx[k] = dx2[k];
-    ln_bwd(da, c.n1, c.rs1, prm[G1], dx, acc[G1], acc[B1], C);
-    float* dxp = dX + p * T * C;
-    for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) dxp[t*C+k] = fl(&dx[k])[t];
+    if (n == 2) {
+      outer_acc2(acc[W2], w[0].dy, c[0].hg, w[1].dy, c[1].hg, C, HID);
+      outer_acc2(acc[W1], w[0].dh, c[0].a2, w[1].dh, c[1].a2, HID, C);
+      outer_acc2(acc[WP], w[0].du, c[0].o, w[1].du, c[1].o, C, C);
+      outer_acc2(acc[WQKV], w[0].dqkv, c[0].a1, w[1].dqkv, c[1].a1, 3*C, C);
+    } else {
+      outer_acc(acc[W2], w[0].dy, c[0].hg, C, HID);
+      outer_acc(acc[W1], w[0].dh, c[0].a2, HID, C);
+      outer_acc(acc[WP], w[0].du, c[0].o, C, C);
+      outer_acc(acc[WQKV], w[0].dqkv, c[0].a1, 3*C, C);
+    }
   }
   for (int i = 0; i < NPARAM; ++i)
     for (int j = 0; j < sizes[i]; ++j) { float s = 0; for (int l = 0; l < L; ++l) s += acc[i][j][l]; grd[off[i] + j] += s; }
