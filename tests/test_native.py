@@ -207,3 +207,25 @@ def test_builds_into_the_cache_folder_once(tmp_path):
     stamp = built[0].stat().st_mtime_ns
     second = _python(CHECK, TITN_EDU_CACHE_DIR=str(tmp_path))
     assert "applies True library True" in second.stdout and built[0].stat().st_mtime_ns == stamp
+
+
+def test_block_switch_and_set_fast_path(monkeypatch):
+    calls = []
+    real = native.inner_block
+    monkeypatch.setattr(native, "inner_block", lambda b, t: calls.append(b) or real(b, t))
+    model = build_model("titn-tiny", num_classes=10).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(images)
+        assert len(calls) == len(model.blocks)  # every inner block, none of the outer ones
+        calls.clear()
+        model.blocks[0].inner.fused = False
+        model(images)
+        assert len(calls) == len(model.blocks) - 1 and model.blocks[0].inner not in calls
+        calls.clear()
+        set_fast_path(model, False)
+        model(images)
+        assert not calls
+        set_fast_path(model, True)
+        model(images)
+        assert len(calls) == len(model.blocks)

@@ -26,8 +26,11 @@ class TransformerBlock(nn.Module):
 
     On CPU, an inner block over 16 pixel tokens runs as one fused C++ kernel where it applies
     (:mod:`titn_edu.native`; the same function, about 3× faster); the operators below are the
-    reference it is tested against.
+    reference it is tested against. ``fused = False`` (or :func:`titn_edu.set_fast_path`) keeps
+    this block on the operators.
     """
+
+    fused = True  # a class default, so modules pickled before the attribute existed still load
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -38,7 +41,7 @@ class TransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, *, rows: slice | list[int] | None = None) -> Tensor:
-        if rows is None and native.applies(self, x):
+        if rows is None and self.fused and native.applies(self, x):
             return native.inner_block(self, x)
         if rows is None:
             x = x + self.drop_path(self.attn(self.norm1(x)))

@@ -16,7 +16,8 @@ the patch's 16 × 12 values in registers — about 3× faster than the operators
   tensor ``(patches, 16, dim)``, the block's standard modules with their fast paths on, no hooks
   and no autocast, ``torch.compile``, dispatch mode (``FlopCounterMode``) or ``torch.func``
   transform active (:func:`applies`). Anything else takes the PyTorch path.
-* **Switched off** with :func:`titn_edu.set_fast_path` (``False`` is the reference path), with
+* **Switched off** per block with ``TransformerBlock.fused = False``, per model with
+  :func:`titn_edu.set_fast_path` (``False`` is the reference path), everywhere with
   ``titn_edu.native.enabled = False``, or with ``TITN_EDU_NATIVE=0`` in the environment before
   import.
 
