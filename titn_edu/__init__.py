@@ -5,7 +5,7 @@ The public API is listed in ``__all__`` and in the README; coursework imports it
 
 from __future__ import annotations
 
-from . import attention, tuning
+from . import attention, native, tuning
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TITNBlock, TransformerBlock
 from .capture import AttentionMaps, capture_attention
@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "results",
     "attention",
+    "native",
     "tuning",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
