@@ -10,8 +10,11 @@
 // so every product, LayerNorm and softmax runs across the 16 tokens in SIMD lanes; attention
 // scores are kept key by key with the queries in lanes, which makes softmax lane-wise as well.
 //
-// The backward pass recomputes the patch's forward activations (cheaper than storing them) and
-// accumulates parameter gradients lane-wise, summed once at the end of the call.
+// The backward pass recomputes the patch's forward activations (storing and reloading them costs
+// as much, and this way a block keeps only its input for the backward pass) and accumulates the
+// parameter gradients lane-wise, two patches at a time, summed once per thread at the end.
+// Patches are split across OpenMP threads: the runtime PyTorch itself loaded, when built with
+// -fopenmp, so the kernel uses PyTorch's threads rather than a second pool.
 //
 // Written with GCC/Clang vector extensions only (no intrinsics, no PyTorch headers), so it builds
 // in a second or two with any recent g++ or clang++; titn_edu/native.py builds and loads it with
@@ -21,7 +24,6 @@
 // rounding of the same order as a change of kernel.
 #include <cstdint>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -47,7 +49,8 @@ static inline v8 vexp(v8 x) {
   vi8 e = (__builtin_convertvector(n, vi8) + 127) << 23;
   return y * (v8)e;
 }
-static inline v8 verf(v8 x) {
+// erf(x), Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); `gauss` returns the exp(-x^2) it needs.
+static inline v8 verf(v8 x, v8& gauss) {
   v8 ax = (v8)((vi8)x & 0x7fffffff);
   v8 t = 1.0f / (1.0f + 0.3275911f * ax);
   v8 p = splat(1.061405429f);
@@ -55,28 +58,22 @@ static inline v8 verf(v8 x) {
   p = p * t + 1.421413741f;
   p = p * t - 0.284496736f;
   p = p * t + 0.254829592f;
-  v8 y = 1.0f - p * t * vexp(-ax * ax);
+  gauss = vexp(-ax * ax);
+  v8 y = 1.0f - p * t * gauss;
   return x < 0 ? -y : y;
 }
-// GELU and its derivative at once: Phi(z) = (1 + erf(z/sqrt2))/2, gelu = z Phi, gelu' = Phi + z phi(z);
-// the erf approximation's exp(-z^2/2) is phi's too.
-static inline void gelu_and_grad(v8 z, v8& out, v8& grad) {
-  v8 x = z * 0.70710678118654752f;
-  v8 ax = (v8)((vi8)x & 0x7fffffff);
-  v8 t = 1.0f / (1.0f + 0.3275911f * ax);
-  v8 p = splat(1.061405429f);
-  p = p * t - 1.453152027f;
-  p = p * t + 1.421413741f;
-  p = p * t - 0.284496736f;
-  p = p * t + 0.254829592f;
-  v8 e = vexp(-ax * ax);
-  v8 y = 1.0f - p * t * e;
-  y = x < 0 ? -y : y;
-  v8 phi_big = 0.5f * (1.0f + y);
-  out = z * phi_big;
-  grad = phi_big + z * 0.39894228040143268f * e;
+// Exact GELU (eq. 4-5's sigma): gelu(z) = z Phi(z) with Phi(z) = (1 + erf(z / sqrt 2)) / 2.
+static inline v8 gelu(v8 z) {
+  v8 gauss;
+  return 0.5f * z * (1.0f + verf(z * 0.70710678118654752f, gauss));
 }
-static inline v8 gelu(v8 z) { return 0.5f * z * (1.0f + verf(z * 0.70710678118654752f)); }
+// GELU and its derivative Phi(z) + z phi(z) at once: erf's exp(-z^2/2) is phi's too.
+static inline void gelu_and_grad(v8 z, v8& out, v8& grad) {
+  v8 gauss;
+  const v8 phi_big = 0.5f * (1.0f + verf(z * 0.70710678118654752f, gauss));
+  out = z * phi_big;
+  grad = phi_big + z * 0.39894228040143268f * gauss;
+}
 // out[o] = b[o] + sum_k W[o][k] in[k]
 static inline void matvec(const float* __restrict W, const float* __restrict b, const Row* __restrict in,
                           Row* __restrict out, int O, int K) {
