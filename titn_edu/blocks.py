@@ -25,7 +25,7 @@ class TransformerBlock(nn.Module):
     attended to); see :meth:`MultiHeadAttention.forward`.
 
     On CPU, an inner block over 16 pixel tokens runs as one fused C++ kernel where it applies
-    (:mod:`titn_edu.native`; the same function, about 3× faster); the operators below are the
+    (:mod:`titn_edu.native`; the same function, 2–4× faster); the operators below are the
     reference it is tested against. ``fused = False`` (or :func:`titn_edu.set_fast_path`) keeps
     this block on the operators.
     """

@@ -5,10 +5,13 @@ TITN's inner transformer works on 2,048 sequences of 16 pixel tokens with 12 fea
 rows of 12 features, and the inner stream ends up costing half as much time as the outer
 transformer while doing a tenth of its arithmetic (``docs/benchmarks.md``). The kernel in
 ``csrc/inner_block.cpp`` computes a whole block, forward and backward, one patch at a time with
-the patch's 16 × 12 values in registers — about 3× faster than the operators it replaces.
+the patch's 16 × 12 values in registers — 2–4× faster than the operators it replaces
+(``benchmarks/native_inner_block.py``).
 
 * **Built on first use**, with the C++ compiler it finds (``$CXX``, else ``c++``, ``g++`` or
-  ``clang++``), for this processor (``-march=native``), in about two seconds. The library is kept
+  ``clang++``), for this processor (``-march=native``) and with OpenMP, in about two seconds. In
+  the process its OpenMP runtime is PyTorch's own, so it runs on the threads PyTorch uses
+  (:func:`torch.get_num_threads`), one pool for both. The library is kept
   in the cache folder of :mod:`titn_edu.tuning` under a name that hashes the source, the compiler
   and the processor, so later processes load it at once. Without a compiler, or if the build
   fails, a single warning says so and every block runs on PyTorch operators, as before.
