@@ -196,6 +196,7 @@ struct Cache {  // one patch's activations, feature-major
   Row *x, *n1, *a1, *qkv, *p, *o, *x2, *n2, *a2, *z, *hg, *gd, *y;
   Row rs1, rs2;
   std::vector<Row> buf;
+  Cache(const Cache&) = delete;  // the row pointers point into buf
   explicit Cache(const Dims& d) : buf(d.C * 8 + 3 * d.C + d.heads * T + 3 * d.HID) {
     Row* q = buf.data(); const int C = d.C;
     x = q; q += C; n1 = q; q += C; a1 = q; q += C; qkv = q; q += 3 * C; p = q; q += d.heads * T; o = q; q += C;
@@ -264,6 +265,7 @@ static void transpose_w(const float* W, float* WT, int O, int K) {
 struct Work {
   Row *dx, *dx2, *dy, *dh, *da, *dqkv, *dS, *PT, *du, *dO;
   std::vector<Row> buf;
+  Work(const Work&) = delete;  // the row pointers point into buf
   explicit Work(const Dims& d) : buf(9 * d.C + d.HID + 2 * T) {
     Row* q = buf.data(); const int C = d.C;
     dx = q; q += C; dx2 = q; q += C; dy = q; q += C; dh = q; q += d.HID; da = q; q += C;
