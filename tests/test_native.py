@@ -202,7 +202,7 @@ def test_builds_into_the_cache_folder_once(tmp_path):
     first = _python(CHECK, TITN_EDU_CACHE_DIR=str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert "applies True library True" in first.stdout
-    built = list(tmp_path.glob("inner_block-*.so"))
+    built = list(tmp_path.glob("titn_kernels-*.so"))
     assert len(built) == 1 and not list(tmp_path.glob("*.tmp"))
     stamp = built[0].stat().st_mtime_ns
     second = _python(CHECK, TITN_EDU_CACHE_DIR=str(tmp_path))

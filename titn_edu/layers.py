@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .linear import Linear, linear_gelu
@@ -31,18 +30,17 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._fuse_gelu():  # inference: GELU fused into the product where faster (linear_gelu)
+        if self._fuse_gelu():  # the GELU fused with the product (linear_gelu) where the fast path applies
             hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias, kernel=self.fc1.kernel)
         else:
             hidden = self.act(self.fc1(x))
         return self.drop(self.fc2(self.drop(hidden)))
 
     def _fuse_gelu(self) -> bool:
-        """No gradients, the library's own exact GELU and fast ``fc1``, and no hooks that expect them to run."""
+        """The library's own exact GELU and fast ``fc1``, and no hooks that expect them to run one by one."""
         fc1, act = self.fc1, self.act
         return (
-            not torch.is_grad_enabled()
-            and type(act) is nn.GELU
+            type(act) is nn.GELU
             and act.approximate == "none"
             and type(fc1) is Linear
             and fc1.fused

@@ -126,9 +126,28 @@ def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> 
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
-def _blas(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> Tensor:
+def _reference(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> Tensor:
     out = F.linear(x, weight, bias)
     return F.gelu(out) if act == "gelu" else out
+
+
+def _native_gelu(x: Tensor, bias: Tensor | None) -> bool:
+    """Whether the bias and GELU can run as one pass after the product (:func:`titn_edu.native.bias_gelu`)."""
+    from . import native  # imported here: native imports this module
+
+    return native.bias_gelu_applies(x, bias)
+
+
+def _bias_gelu(z: Tensor, bias: Tensor) -> Tensor:
+    from . import native
+
+    return native.bias_gelu(z, bias)
+
+
+def _blas(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> Tensor:
+    if act == "gelu" and _native_gelu(x, bias):
+        return _bias_gelu(F.linear(x, weight), bias)
+    return _reference(x, weight, bias, act)
 
 
 _RUN = {"onednn": _onednn, "blas": _blas}
@@ -173,10 +192,14 @@ def _check_kernel(kernel: str) -> None:
 
 def _fast(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None, fused: bool, kernel: str) -> Tensor:
     """The fast path (``kernel`` already checked): BLAS where oneDNN does not apply, else the kernel named or timed."""
-    if not fused or not _onednn_applies(x, weight, bias):
+    if not fused:
+        return _reference(x, weight, bias, act)
+    if not _onednn_applies(x, weight, bias):
         return _blas(x, weight, bias, act)
-    if act == "gelu" and _needs_grad(x, weight, bias):
-        return F.gelu(_fast(x, weight, bias, None, fused, kernel))  # the GELU's backward needs the product itself
+    if act == "gelu" and _needs_grad(x, weight, bias):  # the GELU's backward needs the product itself
+        if _native_gelu(x, bias):  # the product without its bias, then bias and GELU in one pass
+            return _bias_gelu(_fast(x, weight, None, None, fused, kernel), bias)
+        return F.gelu(_fast(x, weight, bias, None, fused, kernel))
     if kernel == "auto":
         kernel = _choose_kernel(x, weight, bias, act)
     return _RUN[kernel](x, weight, bias, act)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -44,6 +45,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -53,7 +55,7 @@ from .layers import DropPath, Mlp
 from .linear import Linear
 from .utils import cpu_name
 
-__all__ = ["enabled", "available", "applies", "inner_block", "library_path", "TOKENS"]
+__all__ = ["enabled", "available", "applies", "inner_block", "bias_gelu_applies", "bias_gelu", "library_path", "TOKENS"]
 
 #: Use the fused kernel where it applies (``True``, the default) or never.
 enabled: bool = os.environ.get("TITN_EDU_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
@@ -61,7 +63,9 @@ enabled: bool = os.environ.get("TITN_EDU_NATIVE", "1").strip().lower() not in ("
 #: The kernel handles sequences of exactly this many pixel tokens (the paper's 4 × 4 pixels per patch).
 TOKENS = 16
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "inner_block.cpp"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = (_CSRC / "inner_block.cpp", _CSRC / "bias_gelu.cpp")  # compiled into one library
+_HEADERS = (_CSRC / "vmath.h",)
 _FLAGS = ("-std=c++17", "-O3", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared")
 #: Tried in order: for this processor with OpenMP (the runtime PyTorch loaded is shared, not a second
 #: one), then without OpenMP (one thread), then for any processor of the architecture.
@@ -104,7 +108,7 @@ def _compile(cxx: str, source: bytes, out: Path) -> str | None:
         fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([cxx, *_FLAGS, *arch, str(_SOURCE), "-o", tmp],
+            proc = subprocess.run([cxx, *_FLAGS, *arch, *map(str, _SOURCES), "-o", tmp],
                                   capture_output=True, text=True, timeout=300)
             if proc.returncode == 0:
                 os.replace(tmp, out)
@@ -129,12 +133,12 @@ def _load() -> ctypes.CDLL | None:
         if cxx is None:
             _failure = "no C++ compiler found (set CXX, or install g++ or clang++)"
         else:
-            source = _SOURCE.read_bytes()
+            source = b"\0".join(f.read_bytes() for f in (*_SOURCES, *_HEADERS))
             key = hashlib.sha256(b"\0".join([
                 source, " ".join(_FLAGS).encode(), _compiler_version(cxx).encode(),
                 cpu_name(ids=True).encode(), platform.machine().encode(),
             ])).hexdigest()[:16]
-            path = _build_dir() / f"inner_block-{key}.so"
+            path = _build_dir() / f"titn_kernels-{key}.so"
             try:
                 if not path.exists():
                     problem = _compile(cxx, source, path)
@@ -164,6 +168,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.titn_inner_forward.restype = None
     lib.titn_inner_backward.argtypes = [ptr, ptr, ptr, *dims, ptrs, ptr, ptr, ptr, ctypes.c_int64, ctypes.c_int]
     lib.titn_inner_backward.restype = None
+    lib.titn_bias_gelu_forward.argtypes = [ptr, ptr, ptr, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.titn_bias_gelu_forward.restype = None
+    lib.titn_bias_gelu_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.titn_bias_gelu_backward.restype = None
 
 
 def available() -> bool:
@@ -284,3 +292,69 @@ class _InnerBlock(torch.autograd.Function):
         flat = acc.sum(0) if threads > 1 else acc[0]
         grads = [g.view_as(p) for g, p in zip(flat.split(sizes), params)]
         return (grad_x, None, None, None, None, *grads)
+
+
+# ------------------------------------------------------------------ bias + GELU (the MLP's middle)
+def bias_gelu_applies(x: Tensor, bias: Tensor | None) -> bool:
+    """Whether :func:`bias_gelu` takes the kernel for a product of ``x`` (its input) and this bias."""
+    return (
+        enabled
+        and bias is not None
+        and type(x) is Tensor
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and bias.device.type == "cpu"
+        and bias.dtype == torch.float32
+        and bias.dim() == 1
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._are_functorch_transforms_active()
+        and available()
+    )
+
+
+def bias_gelu(z: Tensor, bias: Tensor) -> Tensor:
+    """``GELU(z + bias)``, exact GELU (eq. 4–5), in one pass: the middle of the MLP.
+
+    ``z (..., hidden)`` is the first layer's product without its bias (``x @ W.T``); the kernel in
+    ``csrc/bias_gelu.cpp`` adds the bias and applies the GELU while reading it once, and its
+    backward pass computes the gradients of ``z`` and ``bias`` in one more pass (in PyTorch the
+    two take four passes over the hidden activations). :func:`titn_edu.linear.linear_gelu` and
+    so :class:`titn_edu.Mlp` use it on CPU where :func:`bias_gelu_applies`; elsewhere this is
+    ``F.gelu(z + bias)``. A second derivative (``create_graph=True``) is taken with PyTorch
+    operators.
+    """
+    if z.dim() == 0 or z.shape[-1] != bias.shape[-1] or not bias_gelu_applies(z, bias):
+        return F.gelu(z + bias)
+    return _BiasGelu.apply(z.contiguous(), bias.contiguous())
+
+
+class _BiasGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, bias):
+        cols = z.shape[-1]
+        rows = z.numel() // cols if cols else 0
+        out = torch.empty_like(z)
+        if rows:
+            _lib.titn_bias_gelu_forward(z.data_ptr(), bias.data_ptr(), out.data_ptr(), rows, cols, _threads(rows))
+        ctx.save_for_backward(z, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, bias = ctx.saved_tensors
+        cols = z.shape[-1]
+        rows = z.numel() // cols if cols else 0
+        if torch.is_grad_enabled() or not rows:  # create_graph=True: differentiable operators
+            u = z + bias
+            cdf = 0.5 * (1.0 + torch.erf(u * 0.5**0.5))
+            grad_z = grad * (cdf + u * torch.exp(-0.5 * u * u) * (2.0 * math.pi) ** -0.5)
+            return grad_z, grad_z.reshape(-1, cols).sum(0)
+        grad = grad.contiguous()
+        grad_z = torch.empty_like(z)
+        threads = _threads(rows)
+        grad_b = torch.zeros(threads, cols)  # each thread's column sums, added below in order
+        _lib.titn_bias_gelu_backward(grad.data_ptr(), z.data_ptr(), bias.data_ptr(), grad_z.data_ptr(),
+                                     grad_b.data_ptr(), rows, cols, threads)
+        return grad_z, grad_b.sum(0) if threads > 1 else grad_b[0]

@@ -16,64 +16,22 @@
 // Patches are split across OpenMP threads: the runtime PyTorch itself loaded, when built with
 // -fopenmp, so the kernel uses PyTorch's threads rather than a second pool.
 //
-// Written with GCC/Clang vector extensions only (no intrinsics, no PyTorch headers), so it builds
-// in a second or two with any recent g++ or clang++; titn_edu/native.py builds and loads it with
-// ctypes and checks it against the PyTorch path (tests/test_native.py).
-// exp and erf are polynomial approximations (Cephes expf, relative error ~1e-7; Abramowitz &
-// Stegun 7.1.26 for erf, absolute error < 1.5e-7): outputs agree with PyTorch's to float32
-// rounding of the same order as a change of kernel.
+// Written with GCC/Clang vector extensions (vmath.h: the vectors, exp and GELU), so it builds in
+// a second or two with any recent g++ or clang++; titn_edu/native.py builds and loads it with
+// ctypes and checks it against the PyTorch path (tests/test_native.py). exp and the GELU's normal
+// CDF are approximations with float32 errors of about 1e-7 (vmath.h): outputs agree with
+// PyTorch's to float32 rounding of the same order as a change of kernel.
 #include <cstdint>
 #include <cmath>
 #include <vector>
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
-constexpr int T = 16, L = 8, G = T / L;
+#include "vmath.h"
+
+constexpr int T = 16, G = T / L;  // tokens per patch, vectors per row
 struct alignas(32) Row { v8 g[G]; };
 static inline float* fl(Row* r) { return (float*)r->g; }
 static inline const float* fl(const Row* r) { return (const float*)r->g; }
 
-static inline v8 splat(float x) { return (v8){} + x; }
-static inline v8 vexp(v8 x) {
-  x = x < -87.3f ? splat(-87.3f) : x;
-  x = x > 88.7f ? splat(88.7f) : x;
-  v8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  v8 r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  v8 p = splat(1.9875691500E-4f);
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  v8 y = p * r * r + r + 1.0f;
-  vi8 e = (__builtin_convertvector(n, vi8) + 127) << 23;
-  return y * (v8)e;
-}
-// erf(x), Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); `gauss` returns the exp(-x^2) it needs.
-static inline v8 verf(v8 x, v8& gauss) {
-  v8 ax = (v8)((vi8)x & 0x7fffffff);
-  v8 t = 1.0f / (1.0f + 0.3275911f * ax);
-  v8 p = splat(1.061405429f);
-  p = p * t - 1.453152027f;
-  p = p * t + 1.421413741f;
-  p = p * t - 0.284496736f;
-  p = p * t + 0.254829592f;
-  gauss = vexp(-ax * ax);
-  v8 y = 1.0f - p * t * gauss;
-  return x < 0 ? -y : y;
-}
-// Exact GELU (eq. 4-5's sigma): gelu(z) = z Phi(z) with Phi(z) = (1 + erf(z / sqrt 2)) / 2.
-static inline v8 gelu(v8 z) {
-  v8 gauss;
-  return 0.5f * z * (1.0f + verf(z * 0.70710678118654752f, gauss));
-}
-// GELU and its derivative Phi(z) + z phi(z) at once: erf's exp(-z^2/2) is phi's too.
-static inline void gelu_and_grad(v8 z, v8& out, v8& grad) {
-  v8 gauss;
-  const v8 phi_big = 0.5f * (1.0f + verf(z * 0.70710678118654752f, gauss));
-  out = z * phi_big;
-  grad = phi_big + z * 0.39894228040143268f * gauss;
-}
 // out[o] = b[o] + sum_k W[o][k] in[k]
 static inline void matvec(const float* __restrict W, const float* __restrict b, const Row* __restrict in,
                           Row* __restrict out, int O, int K) {
