@@ -5,7 +5,9 @@
 
 Variants (same weights): ``all`` (the default model), ``no-native`` (every ``TransformerBlock``
 with ``fused = False``: the inner blocks on PyTorch operators, not the fused kernel of
-:mod:`titn_edu.native`), ``no-onednn`` (every ``titn_edu.Linear``
+:mod:`titn_edu.native`), ``no-bias-gelu`` (every ``Mlp`` with ``fused = False``: the first
+layer's product with its bias, then PyTorch's GELU, not :func:`titn_edu.native.bias_gelu`),
+``no-onednn`` (every ``titn_edu.Linear``
 with ``fused = False``: ``F.linear``), ``onednn`` (every ``titn_edu.Linear`` on oneDNN's product,
 untimed, as before linear kernels were timed), ``no-prune`` (``prune_last_block = False``: the last
 block computes every token), ``no-attention`` (every ``MultiHeadAttention`` with
@@ -27,7 +29,7 @@ import time
 
 import torch
 
-from titn_edu import Linear, MultiHeadAttention, TransformerBlock, build_model, set_fast_path, tuning
+from titn_edu import Linear, Mlp, MultiHeadAttention, TransformerBlock, build_model, set_fast_path, tuning
 from titn_edu.bench import _make_step, build_timm_tnt
 
 
@@ -60,6 +62,7 @@ def main() -> None:
     models = {
         "all": base,
         "no-native": variant(setting(TransformerBlock, fused=False)),
+        "no-bias-gelu": variant(setting(Mlp, fused=False)),
         "no-onednn": variant(setting(Linear, fused=False)),
         "onednn": variant(setting(Linear, kernel="onednn")),
         "no-prune": variant(lambda m: setattr(m, "prune_last_block", False)),

@@ -1,9 +1,9 @@
-"""The fused C++ inner block (titn_edu.native) computes what the PyTorch operators compute.
+"""The fused C++ kernels (titn_edu.native) compute what the PyTorch operators compute.
 
-Each check runs a block or a whole model twice, on the kernel and on the reference path
-(``set_fast_path(..., False)``: explicit attention, ``F.linear``), and compares outputs and every
-gradient. The kernel's exp and erf are polynomial approximations, so agreement is to float32
-rounding, not bitwise.
+Each check runs a block, a model or the MLP's bias + GELU twice, on the kernel and on the
+reference path (``set_fast_path(..., False)``: explicit attention, ``F.linear``, ``F.gelu``), and
+compares outputs and every gradient. The kernels' exp and normal CDF are approximations, so
+agreement is to float32 rounding, not bitwise.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def test_without_a_compiler_one_warning_and_the_pytorch_path(tmp_path):
     proc = _python(CHECK, CXX=str(tmp_path / "no-such-compiler"), TITN_EDU_CACHE_DIR=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr
     assert "applies False library False" in proc.stdout and "shape (4, 16, 12)" in proc.stdout
-    assert proc.stderr.count("fused inner-block kernel is not available") == 1
+    assert proc.stderr.count("fused C++ kernels are not available") == 1
     assert "TITN_EDU_NATIVE=0" in proc.stderr
     assert not list((tmp_path / "cache").glob("*.so*"))  # nothing half-written left behind
 
@@ -229,3 +229,110 @@ def test_block_switch_and_set_fast_path(monkeypatch):
         set_fast_path(model, True)
         model(images)
         assert len(calls) == len(model.blocks)
+
+
+# ------------------------------------------------------------------ bias + GELU
+def _bias_gelu_reference(z, bias, grad):
+    """Outputs and gradients of ``F.gelu(z + bias)`` in float64, the exact values."""
+    z64, b64 = z.double().requires_grad_(), bias.double().requires_grad_()
+    out = torch.nn.functional.gelu(z64 + b64)
+    gz, gb = torch.autograd.grad(out, (z64, b64), grad.double())
+    return out.detach(), gz, gb
+
+
+@pytest.mark.parametrize("shape", [(300, 768), (7, 37), (2, 5, 19), (130, 8), (65, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bias_gelu_matches_gelu_of_the_sum(shape, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        z, bias = 2.0 * torch.randn(shape), torch.randn(shape[-1])
+        grad = torch.randn(shape)
+        zk, bk = z.clone().requires_grad_(), bias.clone().requires_grad_()
+        out = native.bias_gelu(zk, bk)
+        assert out.grad_fn is not None and type(out.grad_fn).__name__ == "_BiasGeluBackward"
+        out.backward(grad)
+        ref, ref_gz, ref_gb = _bias_gelu_reference(z, bias, grad)
+        assert (out.double() - ref).abs().max() <= 2e-6
+        assert (zk.grad.double() - ref_gz).abs().max() <= 4e-6
+        _close(bk.grad.double(), ref_gb)
+        # PyTorch's own float32 GELU is no closer to the exact values than the kernel, within rounding
+        torch_err = (torch.nn.functional.gelu(z + bias).double() - ref).abs().max()
+        assert (out.double() - ref).abs().max() <= 4 * torch_err + 1e-6
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_bias_gelu_normal_cdf_error_bound():
+    """The rational normal CDF (csrc/vmath.h) is within 3e-7 of Phi everywhere, tails included."""
+    z = torch.linspace(-12, 12, 240_001)
+    out = native.bias_gelu(z.view(-1, 1), torch.zeros(1)).view(-1).double()
+    exact = z.double() * 0.5 * (1 + torch.erf(z.double() / 2**0.5))
+    keep = z.abs() > 1e-3
+    phi_err = ((out - exact)[keep] / z.double()[keep]).abs().max()
+    assert phi_err <= 3e-7, phi_err
+    assert torch.isfinite(native.bias_gelu(torch.tensor([[-1e30, 1e30, 0.0]]), torch.zeros(3))).all()
+
+
+def test_bias_gelu_kernel_really_runs():
+    """Its approximation differs from PyTorch's in the last bits somewhere: not F.gelu under another name."""
+    torch.manual_seed(0)
+    z, bias = torch.randn(256, 64), torch.randn(64)
+    assert (native.bias_gelu(z, bias) - torch.nn.functional.gelu(z + bias)).abs().max() > 0
+
+
+def test_bias_gelu_falls_back_and_second_derivatives():
+    torch.manual_seed(0)
+    z, bias = torch.randn(6, 10, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    assert not native.bias_gelu_applies(z, bias)
+    assert torch.equal(native.bias_gelu(z, bias), torch.nn.functional.gelu(z + bias))
+    z32, b32 = z.float(), bias.float()
+    assert native.bias_gelu_applies(z32, b32) and not native.bias_gelu_applies(z32, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not native.bias_gelu_applies(z32, b32)
+    old = native.enabled
+    native.enabled = False
+    try:
+        assert not native.bias_gelu_applies(z32, b32)
+        assert torch.equal(native.bias_gelu(z32, b32), torch.nn.functional.gelu(z32 + b32))
+    finally:
+        native.enabled = old
+    # create_graph=True: the backward pass is differentiable (PyTorch operators)
+    zk, bk = z32.clone().requires_grad_(), b32.clone().requires_grad_()
+    zr, br = z32.clone().requires_grad_(), b32.clone().requires_grad_()
+    (gk,) = torch.autograd.grad(native.bias_gelu(zk, bk).sum(), zk, create_graph=True)
+    (gr,) = torch.autograd.grad(torch.nn.functional.gelu(zr + br).sum(), zr, create_graph=True)
+    _close(gk, gr)
+    _close(torch.autograd.grad(gk.square().sum(), bk)[0], torch.autograd.grad(gr.square().sum(), br)[0])
+
+
+def test_mlp_takes_bias_gelu_in_training_and_inference_not_on_the_reference_path(monkeypatch):
+    from titn_edu import Mlp
+
+    calls = []
+    real = native.bias_gelu
+    monkeypatch.setattr(native, "bias_gelu", lambda z, b: calls.append(z.shape) or real(z, b))
+    torch.manual_seed(0)
+    mlp, ref = Mlp(32, 64), Mlp(32, 64)
+    ref.load_state_dict(mlp.state_dict())
+    set_fast_path(ref, False)
+    for m in (mlp, ref):
+        m.fc1.kernel = "blas"  # inference would otherwise time oneDNN's fused GELU against it
+    x = torch.randn(4, 9, 32, requires_grad=True)
+    grad = torch.randn(4, 9, 32)
+    outs = []
+    for m in (mlp, ref):
+        out = m(x)
+        outs.append((out.detach(), *torch.autograd.grad(out, (x, *m.parameters()), grad)))
+    assert calls == [(4, 9, 64)]
+    for a, b in zip(*outs):
+        _close(a, b)
+    calls.clear()
+    with torch.no_grad():
+        _close(mlp(x), ref(x))
+    assert calls == [(4, 9, 64)]
+    calls.clear()
+    mlp.fused = False  # fc1 then act, two modules
+    _close(mlp(x), ref(x))
+    assert not calls and not ref.fused

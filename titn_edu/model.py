@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 from .blocks import TITNBlock, TransformerBlock
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch
+from .layers import Mlp
 from .linear import Linear
 
 __all__ = ["TITN", "build_model", "list_models", "MODEL_PRESETS", "count_parameters", "set_fast_path"]
@@ -326,16 +327,16 @@ def set_fast_path(model: nn.Module, enabled: bool) -> nn.Module:
     Off is the reference the fast paths are tested against: explicit attention (eq. 1 written
     out, :attr:`MultiHeadAttention.fused`), :func:`torch.nn.functional.linear` for every
     fully connected layer (:attr:`titn_edu.linear.Linear.fused`), the inner blocks on PyTorch
-    operators rather than the fused kernel (:attr:`TransformerBlock.fused`, :mod:`titn_edu.native`)
-    and every token computed in the last block (:attr:`TITN.prune_last_block`). The results agree
-    to float32 rounding.
+    operators rather than the fused kernel (:attr:`TransformerBlock.fused`, :mod:`titn_edu.native`),
+    the MLPs' first layer and GELU as two modules (:attr:`Mlp.fused`) and every token computed in
+    the last block (:attr:`TITN.prune_last_block`). The results agree to float32 rounding.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"set_fast_path expects a torch.nn.Module; got {type(model).__name__}.")
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True or False; got {enabled!r}.")
     for m in model.modules():
-        if isinstance(m, (MultiHeadAttention, Linear, TransformerBlock)):
+        if isinstance(m, (MultiHeadAttention, Linear, TransformerBlock, Mlp)):
             m.fused = enabled
         if isinstance(m, TITN):
             m.prune_last_block = enabled

@@ -152,8 +152,9 @@ def _load() -> ctypes.CDLL | None:
                 _failure = f"could not build or load {path}: {exc}"
         if _failure is not None:
             warnings.warn(
-                f"titn_edu: the fused inner-block kernel is not available ({_failure}); TITN's inner "
-                "transformer runs on PyTorch operators instead, about 2x slower on CPU. "
+                f"titn_edu: the fused C++ kernels are not available ({_failure}); TITN's inner "
+                "transformer and the MLPs' bias and GELU run on PyTorch operators instead, the inner "
+                "transformer about 2x slower on CPU. "
                 "Set TITN_EDU_NATIVE=0 to silence this.",
                 RuntimeWarning,
                 stacklevel=3,
