@@ -38,3 +38,14 @@ def test_readme_documents_the_test_command_and_every_public_name():
     assert "pytest --nbval" in readme
     undocumented = [n for n in titn_edu.__all__ if not n.startswith("__") and f"`titn_edu.{n}`" not in readme]
     assert not undocumented, f"public names missing from the README's API table: {undocumented}"
+
+
+def test_every_kernel_source_ships_with_the_package():
+    """The C++ kernels are built from the installed package's files: each one must be package data."""
+    import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["titn_edu"]
+    sources = [p.relative_to(ROOT / "titn_edu").as_posix() for p in (ROOT / "titn_edu" / "csrc").iterdir()]
+    assert {"csrc/inner_block.cpp", "csrc/bias_gelu.cpp", "csrc/vmath.h"} <= set(sources)
+    missing = [s for s in sources if not any(fnmatch.fnmatch(s, g) for g in globs)]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"

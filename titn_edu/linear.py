@@ -221,11 +221,13 @@ def linear_gelu(
 ) -> Tensor:
     """``GELU(x Wᵀ + b)`` (exact, erf form): the first half of the MLP, eq. 4.
 
-    When no gradient is needed (inference) and the fast path applies, the ``"onednn"`` kernel
-    applies the GELU to the product before writing it (one pass over the hidden activations
-    instead of two); whether that beats BLAS's product followed by :func:`torch.nn.functional.gelu`
-    depends on the processor, so it is timed like :func:`linear`. Training keeps the two steps,
-    because the GELU's backward pass needs the product itself.
+    On CPU in float32 the bias and the GELU are applied in one pass after the product, by
+    :func:`titn_edu.native.bias_gelu` (the product is computed without its bias; where the C++
+    kernels cannot be built, ``F.gelu`` of the product with its bias). In training that is the
+    path, since the GELU's backward pass needs the product itself. When no gradient is needed
+    (inference), the ``"onednn"`` kernel can instead apply the GELU to the product before writing
+    it; whether that beats BLAS's product followed by the one-pass bias and GELU depends on the
+    processor, so it is timed like :func:`linear`. ``fused=False`` is ``F.gelu(F.linear(...))``.
     """
     _check_kernel(kernel)
     return _fast(x, weight, bias, "gelu", fused, kernel)

@@ -1,4 +1,4 @@
-"""The inner (pixel) transformer block as one fused C++ kernel on CPU, built on first use.
+"""Fused C++ kernels on CPU, built on first use: the inner (pixel) transformer block, and the MLP's bias + GELU.
 
 TITN's inner transformer works on 2,048 sequences of 16 pixel tokens with 12 features (batch
 128). PyTorch runs each inner block as about 70 small operators, each paying per-row overhead on
@@ -8,8 +8,14 @@ transformer while doing a tenth of its arithmetic (``docs/benchmarks.md``). The 
 the patch's 16 × 12 values in registers — 2–4× faster than the operators it replaces
 (``benchmarks/native_inner_block.py``).
 
+A second, smaller kernel, ``csrc/bias_gelu.cpp`` (:func:`bias_gelu`), adds the first MLP layer's bias
+and applies the GELU in one pass over the hidden activations, and computes both gradients in one
+more; :class:`titn_edu.Mlp` takes it through :func:`titn_edu.linear.linear_gelu`. Both use the
+GELU of ``csrc/vmath.h``, through a rational approximation of the normal CDF rather than erf
+(``scripts/fit_gelu_phi.py``).
+
 * **Built on first use**, with the C++ compiler it finds (``$CXX``, else ``c++``, ``g++`` or
-  ``clang++``), for this processor (``-march=native``) and with OpenMP, in about two seconds. In
+  ``clang++``), into one library for this processor (``-march=native``) with OpenMP, in a few seconds. In
   the process its OpenMP runtime is PyTorch's own, so it runs on the threads PyTorch uses
   (:func:`torch.get_num_threads`), one pool for both. The library is kept
   in the cache folder of :mod:`titn_edu.tuning` under a name that hashes the source, the compiler
