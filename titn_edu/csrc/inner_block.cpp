@@ -120,6 +120,57 @@ static inline void mix_rows(Row* __restrict out, const Row* __restrict coef, con
   }
 }
 
+// Transposes, with AVX shuffles where there are any (the scalar loops are the definition).
+#if defined(__AVX__)
+static inline void transpose8(__m256* r) {  // an 8 x 8 block held in eight registers, in place
+  __m256 t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
+#endif
+// out[i] lane j = in[j] lane i, for the T x T attention matrices.
+static inline void transpose(const Row* __restrict in, Row* __restrict out) {
+#if defined(__AVX__)
+  for (int bi = 0; bi < G; ++bi)      // lane group of the input = row block of the output
+    for (int bj = 0; bj < G; ++bj) {  // row block of the input = lane group of the output
+      __m256 r[8];
+      for (int k = 0; k < 8; ++k) r[k] = (__m256)in[8 * bj + k].g[bi];
+      transpose8(r);
+      for (int k = 0; k < 8; ++k) out[8 * bi + k].g[bj] = (v8)r[k];
+    }
+#else
+  for (int i = 0; i < T; ++i) for (int j = 0; j < T; ++j) fl(&out[i])[j] = fl(&in[j])[i];
+#endif
+}
+// A patch as PyTorch stores it (token t's C features at p + t * C) into feature-major rows. (The
+// way back stays element by element: eight-wide stores, half of which straddle cache lines at
+// 12 features a token, measured no faster.)
+static inline void load_patch(const float* __restrict p, Row* __restrict x, int C) {
+  int c = 0;
+#if defined(__AVX__)
+  for (; c + 8 <= C; c += 8)
+    for (int g = 0; g < G; ++g) {
+      __m256 r[8];
+      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(p + (8 * g + k) * C + c);
+      transpose8(r);
+      for (int k = 0; k < 8; ++k) x[c + k].g[g] = (v8)r[k];
+    }
+#endif
+  for (; c < C; ++c) for (int t = 0; t < T; ++t) fl(&x[c])[t] = p[t * C + c];
+}
+
 static inline void ln_fwd(const Row* __restrict x, const float* __restrict gm, const float* __restrict be,
                           Row* __restrict n, Row& rs, Row* __restrict y, int C, float eps) {
   for (int g = 0; g < G; ++g) {
@@ -166,7 +217,7 @@ enum { G1, B1, WQKV, WP, BP, G2, B2, W1, BB1, W2, BB2, NPARAM };
 
 static void forward_patch(const float* xp, const float* const* prm, const Dims& d, float m1, Cache& c, bool for_backward) {
   const int C = d.C, D = d.D;
-  for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) fl(&c.x[k])[t] = xp[t*C+k];
+  load_patch(xp, c.x, C);
   ln_fwd(c.x, prm[G1], prm[B1], c.n1, c.rs1, c.a1, C, d.eps);
   matvec(prm[WQKV], nullptr, c.a1, c.qkv, 3*C, C);
   for (int h = 0; h < d.heads; ++h) {
@@ -207,7 +258,8 @@ static void forward_range(const float* X, float* Y, int64_t P, int C, int HID, i
     const float m1 = m1s ? m1s[p] : 1.0f, m2 = m2s ? m2s[p] : 1.0f;
     forward_patch(X + p * T * C, prm, d, m1, c, false);
     float* yp = Y + p * T * C;
-    for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) yp[t*C+k] = fl(&c.x2[k])[t] + m2 * fl(&c.y[k])[t];
+    for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) c.y[k].g[g] = c.x2[k].g[g] + m2 * c.y[k].g[g];
+    for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) yp[t*C+k] = fl(&c.y[k])[t];
   }
 }
 
@@ -243,7 +295,7 @@ struct Transposed {  // the weights transposed once per call, for the input grad
 static void backward_patch(const float* dyp, float* dxp, const float* const* prm, const Dims& d, const Transposed& wt,
                            float m1, float m2, const Cache& c, Work& w, v8* const* acc) {
   const int C = d.C, HID = d.HID, D = d.D;
-  for (int t = 0; t < T; ++t) for (int k = 0; k < C; ++k) fl(&w.dx2[k])[t] = dyp[t*C+k];
+  load_patch(dyp, w.dx2, C);
   // MLP branch: out = x2 + m2 * fc2(gelu(fc1(LN2(x2))))
   for (int k = 0; k < C; ++k) for (int g = 0; g < G; ++g) w.dy[k].g[g] = m2 * w.dx2[k].g[g];
   row_acc(acc[BB2], w.dy, C);
@@ -271,7 +323,8 @@ static void backward_patch(const float* dyp, float* dxp, const float* const* prm
     mix_rows(dq, k, dS, D);
     // Keys in lanes: dk[e][j] = sum_i q[e][i] dS[j][i], dv[e][j] = sum_i dO[e][i] P[j][i].
     Row dST[T];
-    for (int i = 0; i < T; ++i) for (int j = 0; j < T; ++j) { fl(&dST[i])[j] = fl(&dS[j])[i]; fl(&PT[i])[j] = fl(&Pm[j])[i]; }
+    transpose(dS, dST);
+    transpose(Pm, PT);
     mix_rows(dk, q, dST, D);
     mix_rows(dv, dO, PT, D);
   }
