@@ -131,22 +131,16 @@ def _reference(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) 
     return F.gelu(out) if act == "gelu" else out
 
 
-def _native_gelu(x: Tensor, bias: Tensor | None) -> bool:
-    """Whether the bias and GELU can run as one pass after the product (:func:`titn_edu.native.bias_gelu`)."""
+def _native():
+    """:mod:`titn_edu.native`, whose ``bias_gelu`` applies the bias and GELU in one pass after the product."""
     from . import native  # imported here: native imports this module
 
-    return native.bias_gelu_applies(x, bias)
-
-
-def _bias_gelu(z: Tensor, bias: Tensor) -> Tensor:
-    from . import native
-
-    return native.bias_gelu(z, bias)
+    return native
 
 
 def _blas(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None) -> Tensor:
-    if act == "gelu" and _native_gelu(x, bias):
-        return _bias_gelu(F.linear(x, weight), bias)
+    if act == "gelu" and _native().bias_gelu_applies(x, bias):
+        return _native().bias_gelu(F.linear(x, weight), bias)
     return _reference(x, weight, bias, act)
 
 
@@ -197,8 +191,8 @@ def _fast(x: Tensor, weight: Tensor, bias: Tensor | None, act: str | None, fused
     if not _onednn_applies(x, weight, bias):
         return _blas(x, weight, bias, act)
     if act == "gelu" and _needs_grad(x, weight, bias):  # the GELU's backward needs the product itself
-        if _native_gelu(x, bias):  # the product without its bias, then bias and GELU in one pass
-            return _bias_gelu(_fast(x, weight, None, None, fused, kernel), bias)
+        if _native().bias_gelu_applies(x, bias):  # the product without its bias, then bias and GELU in one pass
+            return _native().bias_gelu(_fast(x, weight, None, None, fused, kernel), bias)
         return F.gelu(_fast(x, weight, bias, None, fused, kernel))
     if kernel == "auto":
         kernel = _choose_kernel(x, weight, bias, act)
