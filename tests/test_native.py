@@ -336,3 +336,14 @@ def test_mlp_takes_bias_gelu_in_training_and_inference_not_on_the_reference_path
     mlp.fused = False  # fc1 then act, two modules
     _close(mlp(x), ref(x))
     assert not calls and not ref.fused
+
+
+def test_bias_gelu_benchmark_runs_and_reports_both_passes():
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "bias_gelu.py")
+    proc = subprocess.run([sys.executable, script, "--rows", "64", "--hidden", "20", "--rounds", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.strip().startswith("forward") and "speed-up" in line for line in lines)
+    assert any(line.strip().startswith("backward") and "speed-up" in line for line in lines)
+    assert sum("GFLOP/s" in line for line in lines) == 2

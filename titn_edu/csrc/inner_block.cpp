@@ -16,8 +16,9 @@
 // Patches are split across OpenMP threads: the runtime PyTorch itself loaded, when built with
 // -fopenmp, so the kernel uses PyTorch's threads rather than a second pool.
 //
-// Written with GCC/Clang vector extensions (vmath.h: the vectors, exp and GELU), so it builds in
-// a second or two with any recent g++ or clang++; titn_edu/native.py builds and loads it with
+// Written with GCC/Clang vector extensions (vmath.h: the vectors, exp and GELU), plus AVX shuffles
+// for the transposes where the processor has AVX (a scalar loop elsewhere), so it builds in a
+// second or two with any recent g++ or clang++; titn_edu/native.py builds and loads it with
 // ctypes and checks it against the PyTorch path (tests/test_native.py). exp and the GELU's normal
 // CDF are approximations with float32 errors of about 1e-7 (vmath.h): outputs agree with
 // PyTorch's to float32 rounding of the same order as a change of kernel.
