@@ -156,3 +156,80 @@ def test_bench_subcommand_is_handed_to_the_benchmark(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--help"])
     assert exc.value.code == 0 and "timm's TNT" in capsys.readouterr().out
+
+
+def test_time_limit_stops_in_slices_and_resume_finishes(tmp_path, capsys):
+    """--time-limit stops after an epoch (exit 75, last.pt kept); --resume continues to the end."""
+    argv = ["train", *TINY, "--epochs", "2", "--output", str(tmp_path)]
+    argv[argv.index("--epochs") + 1] = "2"
+    assert main([*argv, "--time-limit", "0.0001"]) == 75
+    err = capsys.readouterr().err
+    assert f"--resume {tmp_path}" in err and "Traceback" not in err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "student stopped"  # the teacher's only epoch was its last: completed
+    assert len(json.loads((tmp_path / "student" / "history.json").read_text())["epochs"]) == 1
+    assert main(["train", "--resume", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["history"]["epochs"]) == 2
+    assert [r["stage"] for r in metrics["timeline"]] == ["teacher", "student", "student"]
+    # Epochs of the earlier slice have no wall-clock minutes in this command, but keep their training time.
+    assert metrics["timeline"][0]["minutes"] is None and metrics["timeline"][-1]["minutes"] >= 0
+    assert metrics["timeline"][-1]["train_minutes"] > metrics["timeline"][0]["train_minutes"]
+
+
+def test_cifar10_quick_runs_at_a_tiny_budget(tmp_path, monkeypatch):
+    """The preset's whole path (ResNet-9 teacher, TITN student, batches augmented on the CPU, the
+    test set tracked every epoch) at a few seconds' budget; its real figures are a recorded run."""
+    import titn_edu.device_data as device_data
+
+    levels = []
+    real_init = device_data.DeviceLoader.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        levels.append(self.transform.level)
+
+    monkeypatch.setattr(device_data.DeviceLoader, "__init__", spy)
+    code = main(["train", "--preset", "cifar10-quick", "--limit", "256", "--test-limit", "100", "--epochs", "1",
+                 "--teacher-epochs", "1", "--model-arg", "depth=1", "--threads", "1", "--no-progress",
+                 "--output", str(tmp_path)])
+    assert code == 0 and levels == ["crop-flip", "crop-flip"]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["teacher"]["name"] == "resnet9" and metrics["config"]["label_smoothing"] == 0.1
+    assert metrics["command"].startswith("titn-edu train --preset cifar10-quick")
+    assert metrics["machine"]["cores"] >= 1 and "cpu" in metrics["machine"]
+    assert [(r["stage"], r["epoch"]) for r in metrics["timeline"]] == [("teacher", 1), ("student", 1)]
+    assert all(0 <= r["test_top1"] <= 100 and r["minutes"] >= 0 for r in metrics["timeline"])
+    assert metrics["timeline"][-1]["test_top1"] == metrics["history"]["epochs"][-1]["test_top1"]
+
+
+def test_a_shipped_teacher_can_teach(tmp_path):
+    argv = [a if a != "cnn-small" else "pretrained:teacher-mnist" for a in TINY]
+    assert main(["train", *argv, "--output", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["teacher"]["name"] == "pretrained:teacher-mnist"
+    assert metrics["checkpoints"]["teacher"] == "pretrained:teacher-mnist" and "teacher_history" not in metrics
+    assert metrics["teacher"]["test_top1"] > 90
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--dataset", "mnist", "--teacher", "pretrained:teacher-imagenet", "--output", "x"],
+    ["train", "--dataset", "mnist", "--augment", "heavy", "--output", "x"],
+    ["train", "--dataset", "mnist", "--label-smoothing", "1.5", "--output", "x"],
+    ["train", "--dataset", "mnist", "--time-limit", "0", "--output", "x"],
+    ["train", "--dataset", "mnist", "--weight-decay", "-1", "--output", "x"],
+])
+def test_new_flags_reject_bad_values(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "error" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_shipped_teacher_for_another_dataset_is_refused(tmp_path, capsys):
+    argv = [a if a != "cnn-small" else "pretrained:teacher-cifar10" for a in TINY]
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *argv, "--output", str(tmp_path / "o")])
+    assert exc.value.code == 2 and "cifar10, not mnist" in capsys.readouterr().err

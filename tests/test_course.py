@@ -74,3 +74,26 @@ def test_outputs_dir_finds_the_repository(tmp_path, monkeypatch):
     (tmp_path / "notebooks").mkdir()
     monkeypatch.chdir(tmp_path / "notebooks")
     assert course.outputs_dir() == (tmp_path / "outputs").resolve()
+
+
+def test_shipped_models_and_a_short_continuation():
+    """The notebooks' way to the shipped models, and a real (tiny) continuation of the shipped student."""
+    torch.set_num_threads(1)
+    teacher = course.shipped_teacher("mnist")
+    student = course.shipped_student("mnist")
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert student.pretrained_info["name"] == "titn-mnist" and not student.training
+    preset = course.get_preset("titn-mnist")
+    train, test = course.load_data(preset, limit=64, test_limit=64)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    history = course.continue_training(preset, student, train, test, teacher=teacher, epochs=1, batch_size=32,
+                                       device="cpu", progress=False)
+    assert history.status == "completed" and not student.training
+    assert history[0]["lr"] <= 0.1 * preset["lr"] + 1e-12  # a tenth of the preset's rate at most
+    moved = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
+    assert moved, "continue_training did not change the weights"
+    assert history[0]["val_top1"] > 80  # still a trained model, not thrown away
+    with pytest.raises(ValueError, match="lr_scale"):
+        course.continue_training(preset, student, train, teacher=None, lr_scale=2.0)
+    with pytest.raises(ValueError, match="unknown pretrained model 'teacher-svhn'"):
+        course.shipped_teacher("svhn")

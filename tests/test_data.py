@@ -421,3 +421,16 @@ def test_make_loader_batches(tmp_path):
     assert first == again
     with pytest.raises(ValueError, match="batch_size"):
         data.make_loader(ds, batch_size=0, train=True)
+
+
+def test_crop_flip_is_the_light_level_and_levels_are_checked():
+    cifar = [type(t).__name__ for t in data.get_transforms("cifar10", train=True, augment="crop-flip").transforms]
+    assert cifar[:2] == ["RandomCrop", "RandomHorizontalFlip"] and "AutoAugment" not in cifar
+    mnist = [type(t).__name__ for t in data.get_transforms("mnist", train=True, augment="crop-flip").transforms]
+    assert mnist[:2] == ["Pad", "RandomCrop"] and "RandomHorizontalFlip" not in mnist  # digits are not mirrored
+    assert data.augmentation_level(True) == "paper" and data.augmentation_level(False) == "none"
+    none = [type(t).__name__ for t in data.get_transforms("cifar10", train=True, augment="none").transforms]
+    assert none == [type(t).__name__ for t in data.get_transforms("cifar10", train=False).transforms]
+    for bad in ("heavy", 1, None):
+        with pytest.raises(ValueError, match="augment must be"):
+            data.get_transforms("cifar10", train=True, augment=bad)

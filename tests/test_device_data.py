@@ -174,3 +174,22 @@ def test_fit_trains_from_a_device_loader():
     history = fit(model, train, val, epochs=2, progress=False, device="cpu", lr=1e-3)
     assert history.status == "completed" and len(history) == 2
     assert history[-1]["val_top1"] is not None and history[0]["train_loss"] > 0
+
+
+@pytest.mark.parametrize("name,c,size", [("mnist", 1, 28), ("cifar10", 3, 32)])
+def test_crop_flip_batches_are_shifted_and_flipped_copies_of_the_plain_batch(name, c, size):
+    """Every crop-flip image is the plain image moved by whole pixels (and, for CIFAR, maybe mirrored)."""
+    x = images(16, c, size)
+    torch.manual_seed(0)
+    out = BatchAugment(name, train=True, augment="crop-flip")(x)
+    plain = BatchAugment(name, train=False)(x)
+    pad = 2 if name == "mnist" else 4
+    zero = BatchAugment(name, train=False)(torch.zeros_like(x[:1]))[0]
+    for got, ref in zip(out, plain):
+        framed = torch.nn.functional.pad(ref - zero, (pad, pad, pad, pad)) + zero[:, :1, :1]
+        candidates = [framed[:, dy:dy + 32, dx:dx + 32] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+        if name != "mnist":
+            candidates += [cand.flip(-1) for cand in candidates]
+        assert any(torch.allclose(got, cand, atol=1e-5) for cand in candidates)
+    assert not torch.allclose(out, plain)
+    assert repr(BatchAugment(name, train=True, augment="crop-flip")).endswith("augment='crop-flip')")

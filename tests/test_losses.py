@@ -155,3 +155,28 @@ def test_bad_shapes_and_labels():
         cutmix_cross_entropy(c, t(Y_A), torch.tensor([0, 9, 1]), 0.5)
     with pytest.raises(ValueError, match="lam"):
         cutmix_cross_entropy(c, t(Y_A), t(Y_B), 1.5)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_label_smoothing_smooths_the_labels_never_the_teacher(eps):
+    """ε/C goes into every label target; the distillation term against the teacher's argmax is unchanged."""
+    c = len(LOGITS[0])
+
+    def smoothed_ce(logits, y):
+        return soft_ce(logits, [(1 - eps) * (k == y) + eps / c for k in range(c)])
+
+    terms = TITNLoss(label_smoothing=eps).terms(t(LOGITS), t(DISTILL), t(Y_A), t(TEACHER))
+    plain = TITNLoss().terms(t(LOGITS), t(DISTILL), t(Y_A), t(TEACHER))
+    expected = sum(smoothed_ce(lg, y) for lg, y in zip(LOGITS, Y_A)) / 3
+    assert terms.class_loss.item() == pytest.approx(expected, rel=1e-6)
+    assert terms.distill_loss.item() == pytest.approx(plain.distill_loss.item(), rel=1e-7)
+    assert terms.class_loss.item() != pytest.approx(plain.class_loss.item(), rel=1e-3)
+    no_teacher = TITNLoss(label_smoothing=eps).terms(t(LOGITS), t(DISTILL), t(Y_A), None)
+    assert no_teacher.distill_loss.item() == pytest.approx(sum(smoothed_ce(d, y) for d, y in zip(DISTILL, Y_A)) / 3, rel=1e-6)
+    assert "label_smoothing" in repr(TITNLoss(label_smoothing=eps)) and "label_smoothing" not in repr(TITNLoss())
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.0, True, "0.1"])
+def test_bad_label_smoothing(eps):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TITNLoss(label_smoothing=eps)

@@ -197,3 +197,31 @@ def test_teacher_logits_rejects_non_tensors():
         teacher_logits(_trained_like("cnn-small"), [[0.0]])
     with pytest.raises(TypeError, match="nn.Module"):
         to_channels_last("vgg")
+
+
+def test_resnet9_is_a_residual_cnn_that_learns():
+    """ResNet-9: 8 conv layers and a head; width scales the channels; it fits a tiny batch."""
+    from titn_edu.teachers import ResNet9
+
+    model = build_teacher("resnet9", num_classes=10, width=16)
+    assert isinstance(model, ResNet9) and model.config == {"name": "resnet9", "num_classes": 10, "in_chans": 3, "width": 16}
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 8
+    assert count_parameters(model) == 412_954
+    assert count_parameters(build_teacher("resnet9", num_classes=10)) == 6_573_130  # width 64
+    mnist = build_teacher("resnet9", num_classes=10, in_chans=1, width=4)
+    assert mnist(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 128, 4, 4)
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    net = build_teacher("resnet9", num_classes=10, width=4)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5
+    with pytest.raises(ValueError, match="width"):
+        build_teacher("resnet9", num_classes=10, width=0)
+    with pytest.raises(TypeError, match="resnet9"):
+        build_teacher("resnet9", num_classes=10, dropout=0.1)

@@ -30,7 +30,8 @@ def toy_data(n=16, num_classes=4, seed=0):
 
 
 def without_seconds(history):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+    """The records without their clock readings (``seconds``, ``finished_at``)."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in history]
 
 
 FAST = dict(batch_size=4, progress=False, device="cpu", optimizer="adamw", lr=1e-3)
@@ -254,3 +255,32 @@ def test_history_round_trip_and_headless_live_plot(tmp_path):
     plot.update(history)
     assert plot.save(tmp_path / "curves.png").stat().st_size > 1000
     assert len(plot.axes[0].lines) == 1 and len(plot.axes[1].lines) == 1
+
+
+def test_test_data_is_scored_every_epoch_for_the_record_only(tmp_path):
+    """``test_data`` adds test_* to each record and never decides best.pt (validation does)."""
+    seed_everything(0)
+    train, val, test = toy_data(), toy_data(8, seed=1), toy_data(8, seed=2)
+    history = fit(tiny_student(), train, val, test_data=test, epochs=2, mixing=None, output_dir=tmp_path, **FAST)
+    for record in history:
+        assert {"test_loss", "test_top1", "test_top5", "finished_at"} <= set(record)
+        assert 0 <= record["test_top1"] <= record["test_top5"] <= 100
+    assert history[0]["finished_at"] <= history[1]["finished_at"]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["metrics"]["val_top1"] == max(r["val_top1"] for r in history)
+    student = tiny_student()
+    student.load_state_dict(load_checkpoint(tmp_path / "last.pt")["state_dict"])
+    assert evaluate(student, test, device="cpu")["top1"] == pytest.approx(history[-1]["test_top1"])
+    with pytest.raises(TypeError, match="test_data"):
+        fit(tiny_student(), train, test_data="test", epochs=1, **FAST)
+
+
+def test_a_callback_stopping_after_the_last_epoch_leaves_the_run_completed():
+    calls = []
+    history = fit(tiny_student(), toy_data(), epochs=2, mixing=None, callbacks=[lambda r: calls.append(r["epoch"]) or True],
+                  **FAST)
+    assert history.status == "stopped" and calls == [1] and len(history) == 1
+    calls.clear()
+    history = fit(tiny_student(), toy_data(), epochs=1, mixing=None, callbacks=[lambda r: calls.append(r["epoch"]) or True],
+                  **FAST)
+    assert history.status == "completed" and calls == [1]

@@ -25,6 +25,8 @@ from .losses import TITNLoss, cutmix_cross_entropy
 from .train import evaluate, fit
 from .utils import seed_everything
 from . import results
+from . import pretrained
+from .pretrained import list_pretrained, load_pretrained, pretrained_info
 from . import checks, viz
 from . import bench
 
@@ -32,6 +34,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "results",
+    "pretrained",
+    "list_pretrained",
+    "load_pretrained",
+    "pretrained_info",
     "attention",
     "native",
     "tuning",

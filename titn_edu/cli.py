@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ _PAPER = dict(
     model="titn", teacher="vgg16_bn", optimizer="paper", lr=0.1, batch_size=1024, mixing="cutmix", mix_alpha=0.5,
     distillation="hard", alpha=0.5, tau=1.0, augment=True, preload=False, val_size=5000, warmup_epochs=0.0,
     teacher_args={}, model_args={}, teacher_optimizer="paper", teacher_lr=0.1, teacher_batch_size=1024,
-    teacher_mixing="cutmix", teacher_limit=None,
+    teacher_mixing="cutmix", teacher_limit=None, label_smoothing=0.0, teacher_label_smoothing=None,
+    weight_decay=None, teacher_weight_decay=None, device_data=None, track_test=False,
 )
 
 #: Settings of each ``--preset``; command-line flags override them.
@@ -59,6 +61,51 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=4, optimizer="adamw", lr=3e-3, batch_size=128, warmup_epochs=0.05, mixing="none", mix_alpha=0.5,
         distillation="hard", alpha=0.5, tau=1.0, augment=False, preload=True, val_size=0,
     ),
+    # CIFAR-10 in about 30 minutes on a 2-core CPU, teacher included (README, "CIFAR-10 on a CPU"): a
+    # ResNet-9 teacher of width 16 (5 epochs), then the paper's TITN (8x8 patches of 2x2 pixels, dims
+    # 192/12) with 4 blocks and MLP ratio 2, distilled with eq. 10 on all 50,000 images. Short runs
+    # learn fastest with small batches, light augmentation (crop + flip, whole batches at once) and no
+    # CutMix; label smoothing on the label term. The test set is scored after every epoch for the
+    # accuracy-versus-time curve only (the last epoch is the result; nothing is picked by test score).
+    "cifar10-quick": dict(
+        dataset="cifar10", model="titn",
+        model_args=dict(patch_size=8, pixel_size=2, outer_dim=192, inner_dim=12, depth=4, outer_heads=3,
+                        inner_heads=2, mlp_ratio=2.0),
+        teacher="resnet9", teacher_args=dict(width=16), teacher_epochs=5, teacher_optimizer="sgd",
+        teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none", teacher_limit=None,
+        teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
+        epochs=24, optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128, warmup_epochs=1.0,
+        mixing="none", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
+        augment="crop-flip", device_data=True, preload=True, val_size=0, track_test=True,
+    ),
+    # The shipped titn-mnist and teacher-mnist (titn_edu.load_pretrained; README, "Trained models"):
+    # the cifar10-quick recipe on MNIST with a smaller student (4 blocks of width 128), crop
+    # augmentation, and more epochs.
+    "titn-mnist": dict(
+        dataset="mnist", model="titn",
+        model_args=dict(patch_size=8, pixel_size=2, outer_dim=128, inner_dim=12, depth=4, outer_heads=2,
+                        inner_heads=2, mlp_ratio=2.0),
+        teacher="resnet9", teacher_args=dict(width=16), teacher_epochs=4, teacher_optimizer="sgd",
+        teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none", teacher_limit=None,
+        teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
+        epochs=20, optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128, warmup_epochs=1.0,
+        mixing="none", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
+        augment="crop-flip", device_data=True, preload=True, val_size=0, track_test=True,
+    ),
+    # The shipped titn-cifar10 and teacher-cifar10: the cifar10-quick student trained for long, with the
+    # paper's augmentations and its hybrid CutMix + distillation loss, stochastic depth, and a wider
+    # ResNet-9 teacher. Hours on a CPU: run it in slices (--time-limit, then --resume), or on a GPU.
+    "titn-cifar10": dict(
+        dataset="cifar10", model="titn",
+        model_args=dict(patch_size=8, pixel_size=2, outer_dim=192, inner_dim=12, depth=6, outer_heads=3,
+                        inner_heads=2, mlp_ratio=2.0, drop_path=0.1),
+        teacher="resnet9", teacher_args=dict(width=24), teacher_epochs=40, teacher_optimizer="sgd",
+        teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none", teacher_limit=None,
+        teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
+        epochs=150, optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128, warmup_epochs=5.0,
+        mixing="cutmix", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
+        augment="paper", device_data=True, preload=True, val_size=0, track_test=True,
+    ),
 }
 
 #: Settings used without ``--preset`` (then ``--dataset`` is required).
@@ -67,6 +114,8 @@ DEFAULTS: dict[str, Any] = dict(
     teacher_lr=None, teacher_batch_size=None, teacher_mixing=None, teacher_limit=None,
     epochs=10, optimizer="adamw", lr=None, batch_size=None, warmup_epochs=None, mixing="cutmix", mix_alpha=0.5,
     distillation="hard", alpha=0.5, tau=1.0, augment=True, preload=False, val_size=0,
+    label_smoothing=0.0, teacher_label_smoothing=None, weight_decay=None, teacher_weight_decay=None,
+    device_data=None, track_test=False,
 )
 
 
@@ -131,6 +180,16 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _smoothing(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text}")
+    return value
+
+
 def _threads(text: str) -> int | str:
     return "auto" if text == "auto" else _int_at_least(1, "--threads")(text)
 
@@ -186,8 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--test-limit", type=_int_at_least(1, "--test-limit"), help="test on this many images")
     tr.add_argument("--val-size", type=_int_at_least(0, "--val-size"),
                     help="training images held out for validation and best.pt (0: none)")
-    tr.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                    help="no per-image augmentation")
+    tr.add_argument("--augment", choices=["paper", "crop-flip", "none"], default=None,
+                    help="per-image augmentation: the paper's (AutoAugment, crop, flip), crop and flip only, or none")
+    tr.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                    help="no per-image augmentation (= --augment none)")
+    tr.add_argument("--label-smoothing", type=_smoothing, help="label smoothing of the label term (0 = the paper's loss)")
+    tr.add_argument("--weight-decay", type=_non_negative_float("--weight-decay"),
+                    help="student weight decay (default: the optimizer preset's)")
+    tr.add_argument("--track-test", action=argparse.BooleanOptionalAction, default=None,
+                    help="evaluate the test set after every epoch, for the accuracy-versus-time curve only "
+                         "(never used to pick a checkpoint)")
+    tr.add_argument("--time-limit", type=_positive_float("--time-limit"), metavar="MINUTES",
+                    help="stop after the epoch that passes this many minutes, keeping last.pt; continue "
+                         "later with --resume (training in slices; exit code 75)")
     tr.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     tr.add_argument("--threads", type=_threads, default="auto",
                     help="CPU threads for PyTorch; auto = the cores not already busy (default)")
@@ -280,6 +350,7 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         warmup_epochs=args.warmup_epochs, mixing=args.mixing, distillation=args.distillation, alpha=args.alpha,
         tau=args.tau, limit=args.limit, test_limit=args.test_limit, val_size=args.val_size, augment=args.augment,
+        label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, track_test=args.track_test,
     )
     settings = dict(base)
     settings.setdefault("limit", None)
@@ -293,21 +364,32 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
 
 
 def _resolve_teacher(spec: str | None, parser: argparse.ArgumentParser) -> tuple[str, Any]:
-    """('none', None) | ('checkpoint', Path) | ('name', str)."""
+    """('none', None) | ('checkpoint', Path) | ('pretrained', name) | ('name', str)."""
+    from .pretrained import list_pretrained
     from .teachers import list_teachers
 
     if spec is None or spec.lower() == "none":
         return "none", None
+    if spec.startswith(PRETRAINED_PREFIX):
+        name = spec[len(PRETRAINED_PREFIX):]
+        if name not in list_pretrained():
+            parser.error(f"--teacher {spec!r}: no shipped model {name!r}; shipped: {list_pretrained()}")
+        return "pretrained", name
     if spec in list_teachers() or spec.startswith("torchvision/"):
         return "name", spec
     path = Path(spec).expanduser()
     if path.exists():
         return "checkpoint", path
     parser.error(
-        f"--teacher {spec!r} is neither a teacher name (e.g. vgg16_bn, cnn-small, resnet18; see "
-        f"titn_edu.teachers.list_teachers()), an existing checkpoint, nor 'none'"
+        f"--teacher {spec!r} is neither a teacher name (e.g. vgg16_bn, cnn-small, resnet9; see "
+        f"titn_edu.teachers.list_teachers()), a shipped model ({PRETRAINED_PREFIX}NAME, e.g. "
+        f"{PRETRAINED_PREFIX}teacher-cifar10), an existing checkpoint, nor 'none'"
     )
     raise AssertionError  # parser.error exits
+
+
+#: ``--teacher pretrained:NAME`` loads the shipped model NAME (``titn_edu.list_pretrained()``).
+PRETRAINED_PREFIX = "pretrained:"
 
 
 def _split_indices(targets: torch.Tensor, val_size: int, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,7 +424,7 @@ def _preload(dataset: Any, transform: Any, chunk: int = 4096) -> torch.utils.dat
 
 def _datasets(s: dict[str, Any], root: str | None, download: bool | None) -> tuple[Any, Any, Any]:
     """(train, val or None, test) for the settings ``s``."""
-    from .data import get_dataset, get_transforms
+    from .data import augmentation_level, get_dataset, get_transforms
 
     name = s["dataset"]
     full = get_dataset(name, train=True, root=root, download=download, transform="raw")
@@ -354,7 +436,7 @@ def _datasets(s: dict[str, Any], root: str | None, download: bool | None) -> tup
     eval_tf = get_transforms(name, train=False)
     train_tf = get_transforms(name, train=True, augment=s["augment"])
     train, val = full.subset(train_idx), (full.subset(val_idx) if len(val_idx) else None)
-    if s["preload"] and not s["augment"]:
+    if s["preload"] and augmentation_level(s["augment"]) == "none":
         train = _preload(train, train_tf)
     else:
         train.transform = train_tf
@@ -418,6 +500,12 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if not args.output:
         parser.error("train needs --output DIR (where checkpoints and metrics.json go)")
     teacher_kind, teacher_ref = _resolve_teacher(s["teacher"], parser)
+    if teacher_kind == "pretrained":
+        from .pretrained import pretrained_info
+
+        trained_on = pretrained_info(teacher_ref)["dataset"]
+        if trained_on != s["dataset"]:
+            parser.error(f"--teacher {PRETRAINED_PREFIX}{teacher_ref} was trained on {trained_on}, not {s['dataset']}")
     out = Path(args.output).expanduser()
     device = resolve_device(args.device)
     threads = _set_threads(args.threads, device)
@@ -437,6 +525,8 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     out.mkdir(parents=True, exist_ok=True)
 
     record: dict[str, Any] = {"config": dict(s, output=str(out), device=str(device), threads=threads),
+                              "command": " ".join(["titn-edu", *map(shlex.quote, getattr(args, "argv", []))]),
+                              "started_at": time.time(), "machine": _machine(),
                               "versions": {"titn_edu": __version__, "torch": str(torch.__version__),
                                            "python": platform.python_version()},
                               "status": "running"}
@@ -445,8 +535,10 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     train, val, test = _datasets(s, args.data_root, args.download)
     _say(f"{name}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test images; "
          f"device {device}, {threads} thread(s)")
-    common = dict(device=device, progress=args.progress, num_workers=args.num_workers)
-    device_data = device.type == "cuda" if args.device_data is None else args.device_data
+    common = dict(device=device, progress=args.progress, num_workers=args.num_workers,
+                  test_data=test if s.get("track_test") else None, callbacks=_time_limit(args.time_limit, start))
+    device_data = args.device_data if args.device_data is not None else s.get("device_data")
+    device_data = device.type == "cuda" if device_data is None else device_data
     if device_data and not isinstance(train, ImageArrayDataset):  # preloaded (mnist-quick): nothing to augment
         if args.device_data:
             _say("--device-data: the training images are preloaded as floats (no augmentation); using them as they are")
@@ -466,6 +558,11 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if teacher_kind == "checkpoint":
         teacher = load_model(teacher_ref)
         _say(f"teacher: loaded {teacher_ref}")
+    elif teacher_kind == "pretrained":
+        from .pretrained import load_pretrained
+
+        teacher = load_pretrained(teacher_ref)
+        _say(f"teacher: the shipped {teacher_ref}")
     elif teacher is not None:
         t_start = time.perf_counter()
         t_batch = s.get("teacher_batch_size") or s["batch_size"]
@@ -475,6 +572,8 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             teacher, t_train, val, out=out / "teacher", resume=bool(args.resume),
             epochs=s["teacher_epochs"] or s["epochs"], optimizer=s.get("teacher_optimizer") or s["optimizer"],
             lr=s.get("teacher_lr") or s["lr"], batch_size=t_batch,
+            weight_decay=_first(s.get("teacher_weight_decay"), s.get("weight_decay")),
+            loss=TITNLoss(label_smoothing=_first(s.get("teacher_label_smoothing"), s.get("label_smoothing"), 0.0)),
             mixing=s.get("teacher_mixing") or s["mixing"], mix_alpha=s["mix_alpha"],
             warmup_epochs=s["warmup_epochs"], run_info={"dataset": name, "role": "teacher"}, **common,
         )
@@ -486,17 +585,19 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         record["teacher_train_seconds"] = time.perf_counter() - t_start
     if teacher is not None:
         teacher_row = _metrics_row(evaluate(teacher, test, device=device))
-        teacher_row["name"] = teacher_ref if teacher_kind == "name" else str(teacher_ref)
+        teacher_row["name"] = {"name": teacher_ref, "pretrained": f"{PRETRAINED_PREFIX}{teacher_ref}"}.get(
+            teacher_kind, str(teacher_ref))
         record["teacher"] = teacher_row
         _say(_summary("teacher", teacher_row))
 
     # ---- student
     s_start = time.perf_counter()
     _say(f"student: training {s['model']} for {s['epochs']} epoch(s)" + (" with distillation" if teacher is not None else ""))
-    loss = TITNLoss(alpha=s["alpha"], distillation=s["distillation"], tau=s["tau"])
+    loss = TITNLoss(alpha=s["alpha"], distillation=s["distillation"], tau=s["tau"],
+                    label_smoothing=s.get("label_smoothing") or 0.0)
     history = _train_stage(
         student, feed(train, s["batch_size"]), val, out=out / "student", resume=bool(args.resume), epochs=s["epochs"],
-        teacher=teacher, teacher_bf16=args.teacher_bf16,
+        teacher=teacher, teacher_bf16=args.teacher_bf16, weight_decay=s.get("weight_decay"),
         loss=loss, optimizer=s["optimizer"], lr=s["lr"], batch_size=s["batch_size"], mixing=s["mixing"],
         mix_alpha=s["mix_alpha"], warmup_epochs=s["warmup_epochs"], compile=args.compile,
         run_info={"dataset": name, "role": "student"}, **common,
@@ -512,14 +613,68 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     record["checkpoints"] = {
         "student": str(out / "student" / ("best.pt" if val is not None else "last.pt")),
         "teacher": (str(out / "teacher" / ("best.pt" if val is not None else "last.pt")) if teacher_kind == "name"
-                    else (str(teacher_ref) if teacher_kind == "checkpoint" else None)),
+                    else {"checkpoint": str(teacher_ref), "pretrained": f"{PRETRAINED_PREFIX}{teacher_ref}"}.get(
+                        teacher_kind)),
     }
     record["status"] = "completed"
     record["wall_seconds"] = time.perf_counter() - start
+    record["timeline"] = _timeline(record)
     save_json(out / "metrics.json", record)
     _say(_summary("student", row))
     _say(f"wall time {record['wall_seconds']:.1f} s; metrics in {out / 'metrics.json'}")
     return 0
+
+
+#: Exit code of a run stopped by ``--time-limit``: not finished, continue it with ``--resume``.
+EXIT_SLICE = 75
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not ``None`` (``None`` if all are)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _time_limit(minutes: float | None, start: float) -> list:
+    """``fit`` callbacks that stop training after the epoch that passes ``minutes`` since ``start``."""
+    if minutes is None:
+        return []
+
+    def over_time(record: dict[str, Any]) -> bool:
+        return time.perf_counter() - start >= 60.0 * minutes
+
+    return [over_time]
+
+
+def _machine() -> dict[str, Any]:
+    """Where a run ran: processor, cores, and the other load on the machine when it started."""
+    from .utils import cpu_name
+
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = None
+    return {"cpu": cpu_name(ids=True), "cores": os.cpu_count(), "load_1min_at_start": load,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _timeline(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The accuracy-versus-time curve of a run: every epoch of the teacher, then of the student, with
+
+    * ``minutes``: wall-clock minutes since this command started (``None`` for epochs trained by an
+      earlier slice of a resumed run), everything included: data loading, evaluations, checkpoints;
+    * ``train_minutes``: the epochs' own times added up (comparable across slices);
+    * ``test_top1``: where it was measured (``--track-test``).
+    """
+    rows, total = [], 0.0
+    for stage, key in (("teacher", "teacher_history"), ("student", "history")):
+        for r in (record.get(key) or {}).get("epochs", []):
+            total += float(r.get("seconds") or 0.0)
+            done = r.get("finished_at")
+            minutes = (done - record["started_at"]) / 60.0 if isinstance(done, (int, float)) else None
+            rows.append({"stage": stage, "epoch": r["epoch"],
+                         "minutes": round(minutes, 3) if minutes is not None and minutes >= 0 else None,
+                         "train_minutes": round(total / 60.0, 3), "test_top1": r.get("test_top1")})
+    return rows
 
 
 def _stopped(record: dict[str, Any], history: Any, out: Path, stage: str) -> int:
@@ -529,9 +684,9 @@ def _stopped(record: dict[str, Any], history: Any, out: Path, stage: str) -> int
     record["message"] = history.message
     save_json(out / "metrics.json", record)
     print(f"titn-edu: {stage} training {history.status}: {history.message}", file=sys.stderr)
-    if history.status == "interrupted":
+    if history.status in ("interrupted", "stopped"):
         print(f"titn-edu: continue with: titn-edu train --resume {out}", file=sys.stderr)
-        return 130
+        return 130 if history.status == "interrupted" else EXIT_SLICE
     return 1
 
 
@@ -584,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data}[args.command]
     try:
         return command(args, parser)

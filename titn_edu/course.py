@@ -36,6 +36,9 @@ __all__ = [
     "outputs_dir",
     "cached_teacher",
     "cached_student",
+    "shipped_teacher",
+    "shipped_student",
+    "continue_training",
 ]
 
 #: The CPU budget of notebooks 06-09: the ``mnist-quick`` preset on a class-balanced subset of MNIST (the
@@ -74,8 +77,11 @@ def load_data(preset: dict[str, Any], *, limit: int | None = None, test_limit: i
 
     from .data import get_dataset, get_transforms
 
+    from .data import augmentation_level
+
     preset = _check_preset(preset)
     name = preset["dataset"]
+    level = augmentation_level(preset.get("augment", False))
 
     def preloaded(train: bool, n: int | None) -> TensorDataset:
         raw = get_dataset(name, train=train, transform="raw", limit=n, seed=seed, root=root)
@@ -84,9 +90,9 @@ def load_data(preset: dict[str, Any], *, limit: int | None = None, test_limit: i
         return TensorDataset(images, raw.targets.clone())
 
     test = preloaded(False, test_limit)
-    if preset.get("augment"):
+    if level != "none":
         train = get_dataset(name, train=True, limit=limit, seed=seed, root=root,
-                            transform=get_transforms(name, train=True))
+                            transform=get_transforms(name, train=True, augment=level))
     else:
         train = preloaded(True, limit)
     return train, test
@@ -126,15 +132,19 @@ def train_teacher(preset: dict[str, Any], train_data: Any, val_data: Any = None,
     ``epochs`` overrides ``preset["teacher_epochs"]``; other keyword arguments go to :func:`titn_edu.fit`
     (``device``, ``progress``, ``live_plot``, ``output_dir`` ...).
     """
+    from .losses import TITNLoss
     from .train import fit
 
     preset = _check_preset(preset)
     torch.manual_seed(seed)
     teacher = build_teacher_from(preset)
+    smoothing = _first(preset.get("teacher_label_smoothing"), preset.get("label_smoothing"), 0.0)
     settings = dict(
         epochs=epochs or preset.get("teacher_epochs") or preset["epochs"],
         optimizer=preset.get("teacher_optimizer") or preset["optimizer"],
         lr=preset.get("teacher_lr") or preset.get("lr"),
+        weight_decay=_first(preset.get("teacher_weight_decay"), preset.get("weight_decay")),
+        loss=TITNLoss(label_smoothing=smoothing),
         batch_size=preset.get("teacher_batch_size") or preset["batch_size"],
         mixing=preset.get("teacher_mixing") or preset["mixing"],
         mix_alpha=preset.get("mix_alpha", 0.5),
@@ -161,10 +171,11 @@ def train_student(preset: dict[str, Any], train_data: Any, val_data: Any = None,
     preset = _check_preset(preset)
     torch.manual_seed(seed)
     student = build_student_from(preset, model)
-    loss = TITNLoss(alpha=preset["alpha"], distillation=preset["distillation"], tau=preset.get("tau", 1.0))
+    loss = TITNLoss(alpha=preset["alpha"], distillation=preset["distillation"], tau=preset.get("tau", 1.0),
+                    label_smoothing=preset.get("label_smoothing") or 0.0)
     settings = dict(
         epochs=epochs or preset["epochs"], teacher=teacher, loss=loss, optimizer=preset["optimizer"],
-        lr=preset.get("lr"), batch_size=preset["batch_size"], mixing=mixing or preset["mixing"],
+        lr=preset.get("lr"), weight_decay=preset.get("weight_decay"), batch_size=preset["batch_size"], mixing=mixing or preset["mixing"],
         mix_alpha=preset.get("mix_alpha", 0.5), warmup_epochs=preset.get("warmup_epochs"), seed=seed,
     )
     settings.update(fit_kwargs)
@@ -214,7 +225,8 @@ def cached_teacher(preset: dict[str, Any], train_data: Any, *, epochs: int | Non
     and saved there atomically. Returns ``(teacher, history, loaded_from_cache)``."""
     preset = _check_preset(preset)
     key = {k: preset.get(k) for k in ("dataset", "teacher", "teacher_args", "teacher_epochs", "teacher_optimizer",
-                                      "teacher_lr", "teacher_batch_size", "teacher_mixing", "augment")}
+                                      "teacher_lr", "teacher_batch_size", "teacher_mixing", "augment",
+                                      "teacher_weight_decay", "teacher_label_smoothing")}
     key.update(epochs=epochs, seed=seed, images=len(train_data))
     path = Path(path) if path is not None else outputs_dir() / f"teacher-{preset.get('preset') or 'custom'}.pt"
     return _cached(path, key, lambda: build_teacher_from(preset),
@@ -228,12 +240,58 @@ def cached_student(preset: dict[str, Any], train_data: Any, val_data: Any = None
     ``outputs/student-<preset>.pt``). Returns ``(student, history, loaded_from_cache)``."""
     preset = _check_preset(preset)
     key = {k: preset.get(k) for k in ("dataset", "model", "model_args", "optimizer", "lr", "batch_size", "mixing",
-                                      "mix_alpha", "warmup_epochs", "distillation", "alpha", "tau", "augment")}
+                                      "mix_alpha", "warmup_epochs", "distillation", "alpha", "tau", "augment",
+                                      "weight_decay", "label_smoothing")}
     key.update(epochs=epochs, seed=seed, images=len(train_data), teacher=type(teacher).__name__ if teacher else None)
     path = Path(path) if path is not None else outputs_dir() / f"student-{preset.get('preset') or 'custom'}.pt"
     return _cached(path, key, lambda: build_student_from(preset),
                    lambda: train_student(preset, train_data, val_data, teacher=teacher, epochs=epochs, seed=seed,
                                          **fit_kwargs), retrain)
+
+
+def shipped_teacher(dataset: str) -> nn.Module:
+    """The package's trained teacher for ``dataset`` (``"cifar10"`` or ``"mnist"``), frozen, in ``eval()``
+    mode: :func:`titn_edu.load_pretrained` of ``"teacher-<dataset>"``; ``.pretrained_info`` holds its metrics."""
+    from .pretrained import load_pretrained
+    from .teachers import freeze
+
+    return freeze(load_pretrained(f"teacher-{dataset}"))
+
+
+def shipped_student(dataset: str) -> nn.Module:
+    """The package's trained TITN for ``dataset``: :func:`titn_edu.load_pretrained` of ``"titn-<dataset>"``."""
+    from .pretrained import load_pretrained
+
+    return load_pretrained(f"titn-{dataset}")
+
+
+def continue_training(preset: dict[str, Any], student: nn.Module, train_data: Any, val_data: Any = None, *,
+                      teacher: nn.Module | None, epochs: int = 1, lr_scale: float = 0.1,
+                      **fit_kwargs: Any) -> Any:
+    """Train an already trained student a little more, in place (e.g. the shipped one for a minute
+    on a CPU): the preset's loss, optimiser, mixing and batch size at ``lr_scale`` times its learning
+    rate, a short warm-up and cosine decay, so the weights move without being thrown away.
+    Returns the :class:`~titn_edu.train.History`; the student is left in ``eval()`` mode.
+    """
+    from .losses import TITNLoss
+    from .train import OPTIMIZER_PRESETS, fit
+
+    preset = _check_preset(preset)
+    if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not 0 < lr_scale <= 1:
+        raise ValueError(f"lr_scale must be a number in (0, 1]; got {lr_scale!r}.")
+    key = {"sgd": "paper"}.get(preset["optimizer"], preset["optimizer"])
+    base_lr = preset.get("lr") or OPTIMIZER_PRESETS[key]["lr"]
+    loss = TITNLoss(alpha=preset["alpha"], distillation=preset["distillation"], tau=preset.get("tau", 1.0),
+                    label_smoothing=preset.get("label_smoothing") or 0.0)
+    settings = dict(epochs=epochs, teacher=teacher, loss=loss, optimizer=preset["optimizer"], lr=base_lr * lr_scale,
+                    weight_decay=preset.get("weight_decay"), batch_size=preset["batch_size"],
+                    mixing=preset["mixing"], mix_alpha=preset.get("mix_alpha", 0.5), warmup_epochs=0.05 * epochs)
+    settings.update(fit_kwargs)
+    return fit(student, train_data, val_data, **settings)
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
 
 
 def _plain(obj: Any) -> Any:

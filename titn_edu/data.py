@@ -395,7 +395,20 @@ def get_dataset(
 # --------------------------------------------------------------------------------------------------
 
 
-def get_transforms(name: str, *, train: bool, augment: bool = True) -> v2.Compose:
+#: Augmentation levels accepted by ``augment=`` (``True`` means ``"paper"``, ``False`` means ``"none"``).
+AUGMENTATIONS = ("paper", "crop-flip", "none")
+
+
+def augmentation_level(augment: bool | str) -> str:
+    """``augment`` as one of :data:`AUGMENTATIONS`: ``True`` → ``"paper"``, ``False`` → ``"none"``."""
+    if augment is True or augment is False:
+        return "paper" if augment else "none"
+    if isinstance(augment, str) and augment.lower() in AUGMENTATIONS:
+        return augment.lower()
+    raise ValueError(f"augment must be True, False or one of {list(AUGMENTATIONS)}; got {augment!r}.")
+
+
+def get_transforms(name: str, *, train: bool, augment: bool | str = True) -> v2.Compose:
     """The paper's per-image transforms (§3.4, §4.1), on uint8 tensors, giving float32 ``(C, 32, 32)``.
 
     * CIFAR-10/100, training: AutoAugment (CIFAR-10 policy), RandomCrop(32, padding=4),
@@ -403,28 +416,30 @@ def get_transforms(name: str, *, train: bool, augment: bool = True) -> v2.Compos
     * MNIST, training: pad 28 → 32, RandomCrop(32, padding=2), random rotation (±10°) and random
       affine (±10 % shift, 0.9–1.1 scale) fused into one ``RandomAffine`` (one resampling instead of
       two, same family of warps), ColorJitter (brightness and contrast 0.2), Normalize.
-    * Test split, or ``augment=False``: (MNIST: pad to 32) then Normalize only.
+    * ``augment="crop-flip"``: only the random crop (and, for CIFAR, the flip) — the lighter
+      augmentation that short runs learn fastest with (``cifar10-quick``).
+    * Test split, or ``augment=False`` (``"none"``): (MNIST: pad to 32) then Normalize only.
 
     CutMix/MixUp mix whole batches, so they live in :func:`batch_mixer`, not here.
     """
     name = _check_name(name)
     _split(train)
+    level = augmentation_level(augment) if train else "none"
     steps: list[Any] = []
     if name == "mnist":
         steps.append(v2.Pad(2))  # 28×28 -> 32×32, digits stay centred
-    if train and augment:
-        if name == "mnist":
-            steps += [
-                v2.RandomCrop(IMAGE_SIZE, padding=2),
-                v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),  # rotation + affine
-                v2.ColorJitter(brightness=0.2, contrast=0.2),
-            ]
-        else:
-            steps += [
-                v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
-                v2.RandomCrop(IMAGE_SIZE, padding=4),
-                v2.RandomHorizontalFlip(),
-            ]
+    if name == "mnist" and level == "paper":
+        steps += [
+            v2.RandomCrop(IMAGE_SIZE, padding=2),
+            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),  # rotation + affine
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+        ]
+    elif name == "mnist" and level == "crop-flip":  # digits are not mirror-symmetric: crop only
+        steps.append(v2.RandomCrop(IMAGE_SIZE, padding=2))
+    elif level != "none":
+        if level == "paper":
+            steps.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+        steps += [v2.RandomCrop(IMAGE_SIZE, padding=4), v2.RandomHorizontalFlip()]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN[name], STD[name]), v2.ToPureTensor()]
     return v2.Compose(steps)
 

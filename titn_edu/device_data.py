@@ -37,7 +37,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .data import IMAGE_SIZE, IN_CHANS, MEAN, STD, ImageArrayDataset, _check_name
+from .data import IMAGE_SIZE, IN_CHANS, MEAN, STD, ImageArrayDataset, _check_name, augmentation_level
 from .utils import resolve_device
 
 __all__ = ["BatchAugment", "DeviceLoader", "random_shift", "random_affine"]
@@ -117,19 +117,22 @@ class BatchAugment:
 
     Args:
         name: ``"mnist"``, ``"cifar10"`` or ``"cifar100"``.
-        train, augment: as :func:`~titn_edu.data.get_transforms`: random augmentations only when both.
+        train, augment: as :func:`~titn_edu.data.get_transforms`: random augmentations only when
+            ``train``; ``augment`` is ``True``/``"paper"``, ``"crop-flip"`` or ``False``/``"none"``.
         policy_group: CIFAR's AutoAugment draws one sub-policy per this many images (1 = per image,
             as the per-image path; larger = fewer, bigger calls).
 
     ``__call__(images uint8 (B, C, H, W)) -> float32 (B, C, 32, 32)``, on the images' device.
     """
 
-    def __init__(self, name: str, *, train: bool, augment: bool = True, policy_group: int = 8) -> None:
+    def __init__(self, name: str, *, train: bool, augment: bool | str = True, policy_group: int = 8) -> None:
         self.name = _check_name(name)
         if isinstance(policy_group, bool) or not isinstance(policy_group, int) or policy_group < 1:
             raise ValueError(f"policy_group must be a positive integer; got {policy_group!r}.")
-        self.train, self.augment, self.policy_group = bool(train), bool(augment), policy_group
-        self.random = self.train and self.augment
+        self.train, self.policy_group = bool(train), policy_group
+        self.level = augmentation_level(augment) if self.train else "none"
+        self.augment = self.level != "none"
+        self.random = self.augment
         self._autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10) if self.name != "mnist" else None
         self._stats: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
@@ -155,13 +158,16 @@ class BatchAugment:
                              f"transform='raw') loads them); got {tuple(images.shape[-2:])}.")
         if self.name == "mnist":
             x = F.pad(images, (2, 2, 2, 2)).float()  # 28 -> 32, as v2.Pad(2)
-            if self.random:
+            if self.level == "paper":
                 x = random_affine(x, degrees=10.0, translate=0.1, scale=(0.9, 1.1), shift=2)
                 x = self._jitter(x, brightness=0.2, contrast=0.2)
+            elif self.level == "crop-flip":  # digits: crop only
+                x = random_shift(x, 2)
         else:
             x = images
             if self.random:
-                x = self._auto_augment(x)
+                if self.level == "paper":
+                    x = self._auto_augment(x)
                 x = random_shift(x, 4)
                 flip = torch.rand(x.shape[0], device=x.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -193,8 +199,9 @@ class BatchAugment:
         return torch.where(contrast_first, adjust_brightness(adjust_contrast(x)), adjust_contrast(adjust_brightness(x)))
 
     def __repr__(self) -> str:
-        extra = f", policy_group={self.policy_group}" if self.random and self.name != "mnist" else ""
-        return f"{type(self).__name__}({self.name!r}, train={self.train}, augment={self.augment}{extra})"
+        extra = f", policy_group={self.policy_group}" if self.level == "paper" and self.name != "mnist" else ""
+        augment = {"paper": True, "none": False}.get(self.level, self.level)
+        return f"{type(self).__name__}({self.name!r}, train={self.train}, augment={augment!r}{extra})"
 
 
 class DeviceLoader:

@@ -144,10 +144,14 @@ class TITNLoss(nn.Module):
     :math:`\alpha\,\mathrm{CE}(t_c, y) + (1-\alpha)\,\mathrm{CE}(t_d, y)`; with a single-head model
     (``distill_logits=None``) the loss is plain (soft-target) cross-entropy.
 
+    ``label_smoothing`` ε (default 0, the paper's loss) mixes ε/C into every label target, as
+    ``F.cross_entropy(..., label_smoothing=ε)`` does; the teacher's labels are never smoothed.
+
     :meth:`terms` returns the total and both parts; ``forward`` returns the total.
     """
 
-    def __init__(self, *, alpha: float = 0.5, distillation: str = "hard", tau: float = 1.0) -> None:
+    def __init__(self, *, alpha: float = 0.5, distillation: str = "hard", tau: float = 1.0,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be a number in [0, 1] (the weight of the label term, eq. 10); got {alpha!r}.")
@@ -155,9 +159,13 @@ class TITNLoss(nn.Module):
             raise ValueError(f"unknown distillation kind {distillation!r}; choose one of {list(DISTILLATION_KINDS)}.")
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not float(tau) > 0:
             raise ValueError(f"tau (the softmax temperature) must be a number > 0; got {tau!r}.")
+        if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float))
+                or not 0.0 <= float(label_smoothing) < 1.0):
+            raise ValueError(f"label_smoothing must be a number in [0, 1); got {label_smoothing!r}.")
         self.alpha = float(alpha)
         self.distillation = distillation.lower()
         self.tau = float(tau)
+        self.label_smoothing = float(label_smoothing)
 
     def terms(
         self,
@@ -170,7 +178,9 @@ class TITNLoss(nn.Module):
         _check_logits("class_logits", class_logits)
         batch, num_classes = class_logits.shape
         _check_targets(targets, batch, num_classes)
-        class_loss = F.cross_entropy(class_logits.float(), targets.float() if targets.dim() == 2 else targets)
+        smooth = self.label_smoothing
+        targets = targets.float() if targets.dim() == 2 else targets
+        class_loss = F.cross_entropy(class_logits.float(), targets, label_smoothing=smooth)
         if distill_logits is None:
             if teacher_logits is not None:
                 raise ValueError(
@@ -187,7 +197,7 @@ class TITNLoss(nn.Module):
             )
         distill_logits = distill_logits.float()
         if teacher_logits is None:
-            distill_loss = F.cross_entropy(distill_logits, targets.float() if targets.dim() == 2 else targets)
+            distill_loss = F.cross_entropy(distill_logits, targets, label_smoothing=smooth)
         else:
             _check_logits("teacher_logits", teacher_logits)
             if teacher_logits.shape[0] != batch:
@@ -226,4 +236,5 @@ class TITNLoss(nn.Module):
 
     def extra_repr(self) -> str:
         tau = f", tau={self.tau}" if self.distillation == "soft" else ""
-        return f"alpha={self.alpha}, distillation={self.distillation!r}{tau}"
+        smooth = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return f"alpha={self.alpha}, distillation={self.distillation!r}{tau}{smooth}"

@@ -482,6 +482,7 @@ def fit(
     num_workers: int = 0,
     eval_batch_size: int | None = None,
     run_info: dict[str, Any] | None = None,
+    test_data: Any = None,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return its :class:`History`.
 
@@ -515,7 +516,8 @@ def fit(
         progress: tqdm progress bars for epochs and batches.
         live_plot: ``True`` or a :class:`LivePlot` to draw losses/accuracies after every epoch.
         callbacks: functions called with each epoch's record after it is saved; one returning
-            ``True`` stops training (status ``"stopped"``).
+            ``True`` stops training before the next epoch (status ``"stopped"``; after the last
+            epoch the run is simply ``"completed"``).
         amp, compile, num_workers, eval_batch_size: speed options (see ``device``); DataLoader
             workers; batch size of the validation pass.
         teacher_bf16: run the teacher under bf16 autocast. ``None`` (default): on CUDA when ``amp``,
@@ -523,11 +525,14 @@ def fit(
             AMX: ``python benchmarks/teacher_path.py`` measures it), at the cost of rare flips of
             near-tied teacher labels.
         run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
+        test_data: evaluated after every epoch for the record only (``test_loss``, ``test_top1``,
+            ``test_top5``): learning curves against wall time. Never used to pick ``best.pt``.
 
     Training leaves the model in ``eval()`` mode (a TITN then returns the mean of its two heads).
     A model with convolutions (a CNN teacher) is stored channels-last for training (same values and
     ``state_dict``; ``python benchmarks/teacher_path.py --train`` measures the gain).
-    Each record holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``, ``train_loss``, ``train_class_loss``,
+    Each record holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``, ``finished_at``
+    (Unix time at the end of the epoch, after its evaluations), ``train_loss``, ``train_class_loss``,
     ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the dominant label
     of each mixed target), ``teacher_agreement`` (% of training images where the distillation
     head picks the teacher's class) and, with ``val_data``, ``val_loss``, ``val_top1``, ``val_top5``.
@@ -590,13 +595,15 @@ def fit(
 
     train_ds = _as_dataset(train_data, "train_data")
     val_ds = _as_dataset(val_data, "val_data") if val_data is not None else None
-    for what, ds in (("train_data", train_ds), ("val_data", val_ds)):
+    test_ds = _as_dataset(test_data, "test_data") if test_data is not None else None
+    for what, ds in (("train_data", train_ds), ("val_data", val_ds), ("test_data", test_ds)):
         if isinstance(ds, DeviceLoader) and ds.device != dev:
             raise ValueError(f"{what} is a DeviceLoader on {ds.device} but training runs on {dev}; build it "
                              f"with device={str(dev)!r} (or train with device={str(ds.device)!r}).")
     pin = dev.type == "cuda"
     train_loader = _loader(train_ds, batch_size=batch_size, train=True, num_workers=num_workers, pin=pin)
     val_loader = _loader(val_ds, batch_size=eval_batch_size, train=False, num_workers=num_workers, pin=pin) if val_ds is not None else None
+    test_loader = _loader(test_ds, batch_size=eval_batch_size, train=False, num_workers=num_workers, pin=pin) if test_ds is not None else None
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError("the training data give no batch; use more data or a smaller batch_size.")
@@ -806,7 +813,11 @@ def fit(
                 if val_loader is not None:
                     val = _eval_summary(model, val_loader, dev, amp, progress, desc="validate")
                     record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+                if test_loader is not None:
+                    test = _eval_summary(model, test_loader, dev, amp, progress, desc="test")
+                    record.update(test_loss=test["loss"], test_top1=test["top1"], test_top5=test["top5"])
                 record["seconds"] = time.perf_counter() - t0
+                record["finished_at"] = time.time()
                 history.append(record)
                 current = record.get(monitor)
                 improved = isinstance(current, float) and math.isfinite(current) and (
@@ -822,7 +833,7 @@ def fit(
                                            if isinstance(record.get(k), float)}, refresh=False)
                 if plot is not None:
                     plot.update(history)
-                if any(cb(record) is True for cb in callbacks):
+                if [cb(record) for cb in callbacks].count(True) and epoch + 1 < epochs:
                     stop_reason = ("stopped", f"a callback stopped training after epoch {epoch + 1}.")
                     break
                 if interrupt.requested:

@@ -1,0 +1,86 @@
+"""Write a trained run's teacher and student as shipped models (``titn_edu/weights/`` + manifest).
+
+    python scripts/ship_pretrained.py runs/titn-mnist --student titn-mnist --teacher teacher-mnist
+
+(``--table`` prints the README's table of the shipped models from the manifest) reads ``RUN/metrics.json`` (dataset, command, device, times) and the run's checkpoints, stores the
+weights in float16, evaluates each model on the whole test split (before and after the float16
+rounding) and on the check subset, and records all of it in ``titn_edu/weights/manifest.json``
+(:func:`titn_edu.pretrained.publish`). Needs the data (``TITN_EDU_DATA``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from titn_edu.pretrained import publish
+
+
+def _training(record: dict, role: str) -> dict:
+    history = record.get("teacher_history" if role == "teacher" else "history") or {}
+    epochs = history.get("epochs", [])
+    return {
+        "command": record.get("command"),
+        "preset": (record.get("config") or {}).get("preset"),
+        "device": (record.get("config") or {}).get("device"),
+        "threads": (record.get("config") or {}).get("threads"),
+        "machine": record.get("machine"),
+        "epochs": len(epochs),
+        "train_seconds": round(sum(float(r.get("seconds") or 0.0) for r in epochs), 1),
+        "seed": (record.get("config") or {}).get("seed"),
+    }
+
+
+def table() -> str:
+    """The README's table of the shipped models, from the manifest."""
+    from titn_edu.pretrained import list_pretrained, pretrained_info
+
+    lines = ["| name | role | parameters | GFLOPs | test top-1 / top-5 (float16 weights; float32) | check subset top-1 "
+             "| training (device, epochs, minutes) | file |", "|---|---|---|---|---|---|---|---|"]
+    for name in list_pretrained():
+        e = pretrained_info(name)
+        m, t = e["metrics"], e["training"]
+        lines.append(
+            f"| `{name}` | {e['role']} ({e['dataset']}) | {e['params']:,} | {e['gflops']:.4f} | "
+            f"{m['test_top1']:.2f} % / {m['test_top5']:.2f} % ({m['test_top1_float32']:.2f} %) | "
+            f"{e['check']['top1']:.2f} % of {e['check']['samples']:,} | {t.get('device')}, {t.get('epochs')}, "
+            f"{t.get('train_seconds', 0) / 60:.1f} | {e['bytes'] / 1e6:.2f} MB |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", help="a finished titn-edu train run folder (with metrics.json)")
+    parser.add_argument("--table", action="store_true", help="print the README's table of the shipped models")
+    parser.add_argument("--student", help="ship the run's student under this name")
+    parser.add_argument("--teacher", help="ship the run's teacher under this name")
+    parser.add_argument("--folder", help="where to write (default: the package's weights folder)")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
+    if args.run is None:
+        parser.error("give a run folder (or --table)")
+    run = Path(args.run)
+    record = json.loads((run / "metrics.json").read_text())
+    if record.get("status") != "completed":
+        parser.error(f"{run} has not finished (status {record.get('status')!r}); finish it with --resume first")
+    dataset = record["config"]["dataset"]
+    for role, name in (("teacher", args.teacher), ("student", args.student)):
+        if name is None:
+            continue
+        checkpoint = (record.get("checkpoints") or {}).get(role)
+        if checkpoint is None:
+            parser.error(f"{run} has no {role} checkpoint")
+        entry = publish(name, checkpoint, dataset=dataset, role=role, training=_training(record, role),
+                        folder=args.folder)
+        print(f"{name}: test top-1 {entry['metrics']['test_top1']:.2f} % (float32 "
+              f"{entry['metrics']['test_top1_float32']:.2f} %), check subset {entry['check']['top1']:.2f} %, "
+              f"{entry['bytes']:,} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

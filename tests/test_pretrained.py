@@ -1,0 +1,149 @@
+"""The shipped models: the stable API, integrity checks, size, and the recorded metrics reproduced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import titn_edu
+from titn_edu import pretrained
+from titn_edu.checkpoint import CheckpointError
+from titn_edu.model import TITN
+
+REQUIRED = ["teacher-cifar10", "teacher-mnist", "titn-cifar10", "titn-mnist"]
+
+
+@pytest.fixture
+def weights_copy(tmp_path, monkeypatch):
+    """A copy of the shipped weights that a test may damage; the package points at it."""
+    folder = tmp_path / "weights"
+    shutil.copytree(pretrained.weights_dir(), folder)
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: folder)
+    return folder
+
+
+def test_the_required_models_are_listed():
+    names = titn_edu.list_pretrained()
+    assert set(REQUIRED) <= set(names)
+    assert names == sorted(names)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_load_pretrained_gives_an_eval_model_with_its_record(name):
+    model = titn_edu.load_pretrained(name)
+    info = model.pretrained_info
+    assert not model.training
+    assert info["name"] == name and info["role"] in ("student", "teacher")
+    assert titn_edu.count_parameters(model) == info["params"]
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    assert isinstance(model, TITN) == (info["role"] == "student")
+    assert info == {**titn_edu.pretrained_info(name), "name": name}
+    in_chans = 1 if info["dataset"] == "mnist" else 3
+    with torch.no_grad():
+        out = model(torch.randn(2, in_chans, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_pretrained_info_is_a_copy():
+    info = titn_edu.pretrained_info("titn-mnist")
+    info["metrics"]["test_top1"] = -1.0
+    assert titn_edu.pretrained_info("titn-mnist")["metrics"]["test_top1"] >= 0
+
+
+def test_every_teacher_is_stronger_than_its_student():
+    for dataset in ("cifar10", "mnist"):
+        teacher = titn_edu.pretrained_info(f"teacher-{dataset}")["metrics"]["test_top1"]
+        student = titn_edu.pretrained_info(f"titn-{dataset}")["metrics"]["test_top1"]
+        assert teacher > student, (dataset, teacher, student)
+
+
+def test_the_shipped_weights_fit_the_size_budget_and_match_the_manifest():
+    folder = pretrained.weights_dir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    total = 0
+    for name, entry in manifest["models"].items():
+        path = folder / entry["file"]
+        assert path.stat().st_size == entry["bytes"], name
+        total += entry["bytes"]
+    assert total <= 10 * 1024 * 1024, f"shipped weights take {total:,} bytes, above the 10 MB budget"
+    stray = {p.name for p in folder.glob("*.pt")} - {e["file"] for e in manifest["models"].values()}
+    assert not stray, f"weights files without a manifest entry: {stray}"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown pretrained model 'titn-imagenet'.*titn-cifar10"):
+        titn_edu.load_pretrained("titn-imagenet")
+    with pytest.raises(TypeError, match="string"):
+        titn_edu.load_pretrained(3)
+
+
+def test_a_truncated_file_is_refused_by_name(weights_copy):
+    path = weights_copy / "titn-mnist.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(pretrained.PretrainedIntegrityError, match=r"titn-mnist\.pt.*changed or truncated.*git checkout"):
+        titn_edu.load_pretrained("titn-mnist")
+
+
+def test_a_changed_file_is_refused_even_when_it_still_loads(weights_copy):
+    from titn_edu.checkpoint import load_checkpoint, save_checkpoint
+    from titn_edu.checkpoint import build_from_spec
+
+    path = weights_copy / "teacher-mnist.pt"
+    ckpt = load_checkpoint(path)
+    model = build_from_spec(ckpt["model"])
+    save_checkpoint(path, model)  # a valid checkpoint, other weights
+    with pytest.raises(CheckpointError, match="teacher-mnist"):
+        titn_edu.load_pretrained("teacher-mnist")
+
+
+def test_a_missing_file_says_how_to_restore_it(weights_copy):
+    (weights_copy / "titn-cifar10.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"titn-cifar10\.pt.*does not exist.*reinstall"):
+        titn_edu.load_pretrained("titn-cifar10")
+
+
+def test_a_missing_manifest_is_a_clear_error(weights_copy):
+    (weights_copy / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        titn_edu.list_pretrained()
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_the_recorded_check_subset_accuracy_is_reproduced(name):
+    """Each shipped file scores what its manifest says on the fixed check subset of its test split."""
+    model = titn_edu.load_pretrained(name)
+    info = model.pretrained_info
+    subset = pretrained.check_subset(info["dataset"])
+    assert len(subset) == info["check"]["samples"] == pretrained.CHECK_SUBSET["limit"]
+    result = titn_edu.evaluate(model, subset, device="cpu")
+    # Another machine's float rounding may flip a near tie: allow two images of 2,000.
+    assert abs(result["top1"] - info["check"]["top1"]) <= 0.1, (result["top1"], info["check"])
+    assert result["top1"] > 90.0 if info["dataset"] == "mnist" else result["top1"] > 60.0
+
+
+def test_publish_writes_float16_weights_and_a_manifest_entry_that_load_pretrained_trusts(tmp_path, monkeypatch):
+    from titn_edu import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("titn-tiny", num_classes=10, in_chans=1, depth=1, outer_dim=16, inner_dim=4, patch_size=16,
+                        pixel_size=8, outer_heads=2, inner_heads=2)
+    ckpt = save_checkpoint(tmp_path / "run" / "last.pt", model, epoch=3)
+    folder = tmp_path / "weights"
+    entry = pretrained.publish("tiny-mnist", ckpt, dataset="mnist", role="student",
+                               training={"command": "titn-edu train ...", "device": "cpu"}, folder=folder)
+    assert entry["file"] == "tiny-mnist.pt" and entry["dtype"] == "float16" and entry["bytes"] > 0
+    assert entry["metrics"]["test_samples"] == 10_000 and entry["check"]["samples"] == 2_000
+    assert abs(entry["metrics"]["test_top1"] - entry["metrics"]["test_top1_float32"]) <= 1.0
+    stored = torch.load(folder / "tiny-mnist.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in stored["state_dict"].values() if v.is_floating_point())
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: folder)
+    assert titn_edu.list_pretrained() == ["tiny-mnist"]
+    loaded = titn_edu.load_pretrained("tiny-mnist")
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], p.half().float())
+    assert loaded.pretrained_info["training"]["command"] == "titn-edu train ..."
+    with pytest.raises(ValueError, match="role"):
+        pretrained.publish("x", ckpt, dataset="mnist", role="assistant", training={}, folder=folder)
