@@ -41,6 +41,16 @@ _PAPER = dict(
     weight_decay=None, teacher_weight_decay=None, device_data=None, track_test=False,
 )
 
+#: What the CPU recipes (cifar10-quick, titn-mnist, titn-cifar10) share: the ResNet-9 teacher's
+#: optimisation, eq. 10 with label smoothing, crop + flip on whole batches, the test curve.
+_CPU_RECIPE = dict(
+    teacher="resnet9", teacher_optimizer="sgd", teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none",
+    teacher_limit=None, teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
+    optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128,
+    mixing="none", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
+    augment="crop-flip", device_data=True, preload=True, val_size=0, track_test=True,
+)
+
 #: Settings of each ``--preset``; command-line flags override them.
 PRESETS: dict[str, dict[str, Any]] = {
     # §4.1 + Table 1: TITN student, VGG16-BN teacher trained first, SGD (momentum 0.9, wd 1e-4) lr 0.1
@@ -68,40 +78,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CutMix; label smoothing on the label term. The test set is scored after every epoch for the
     # accuracy-versus-time curve only (the last epoch is the result; nothing is picked by test score).
     "cifar10-quick": dict(
-        dataset="cifar10", model="titn",
+        _CPU_RECIPE, dataset="cifar10", model="titn",
         model_args=dict(patch_size=8, pixel_size=2, outer_dim=192, inner_dim=12, depth=4, outer_heads=3,
                         inner_heads=2, mlp_ratio=2.0),
         teacher="resnet9", teacher_args=dict(width=16), teacher_epochs=5, teacher_optimizer="sgd",
-        teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none", teacher_limit=None,
-        teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
         epochs=24, optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128, warmup_epochs=1.0,
-        mixing="none", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
-        augment="crop-flip", device_data=True, preload=True, val_size=0, track_test=True,
     ),
     # The shipped titn-mnist and teacher-mnist (titn_edu.load_pretrained; README, "Trained models"):
     # the cifar10-quick recipe on MNIST with a smaller student (4 blocks of width 128), crop
     # augmentation, and more epochs.
     "titn-mnist": dict(
-        dataset="mnist", model="titn",
+        _CPU_RECIPE, dataset="mnist", model="titn",
         model_args=dict(patch_size=8, pixel_size=2, outer_dim=128, inner_dim=12, depth=4, outer_heads=2,
                         inner_heads=2, mlp_ratio=2.0),
         teacher="resnet9", teacher_args=dict(width=16), teacher_epochs=4, teacher_optimizer="sgd",
-        teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none", teacher_limit=None,
-        teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
         epochs=20, optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128, warmup_epochs=1.0,
-        mixing="none", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
-        augment="crop-flip", device_data=True, preload=True, val_size=0, track_test=True,
     ),
     # The shipped titn-cifar10 and teacher-cifar10: the cifar10-quick student trained for long, with the
     # paper's augmentations and its hybrid CutMix + distillation loss, stochastic depth, and a wider
     # ResNet-9 teacher. Hours on a CPU: run it in slices (--time-limit, then --resume), or on a GPU.
     "titn-cifar10": dict(
-        dataset="cifar10", model="titn",
+        _CPU_RECIPE, dataset="cifar10", model="titn",
         model_args=dict(patch_size=8, pixel_size=2, outer_dim=192, inner_dim=12, depth=6, outer_heads=3,
                         inner_heads=2, mlp_ratio=2.0, drop_path=0.1),
         teacher="resnet9", teacher_args=dict(width=24), teacher_epochs=40, teacher_optimizer="sgd",
-        teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none", teacher_limit=None,
-        teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
         epochs=150, optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128, warmup_epochs=5.0,
         mixing="cutmix", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
         augment="paper", device_data=True, preload=True, val_size=0, track_test=True,
