@@ -5,15 +5,13 @@ The public API is listed in ``__all__`` and in the README; coursework imports it
 
 from __future__ import annotations
 
-from . import attention, native, tuning
+from . import attention
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TITNBlock, TransformerBlock
 from .capture import AttentionMaps, capture_attention
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
 from .layers import DropPath, Mlp
 from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models, set_fast_path
-from . import linear
-from .linear import Linear
 from . import data, teachers
 from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
 from . import device_data
@@ -39,8 +37,6 @@ __all__ = [
     "load_pretrained",
     "pretrained_info",
     "attention",
-    "native",
-    "tuning",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
     "Mlp",
@@ -58,8 +54,6 @@ __all__ = [
     "MODEL_PRESETS",
     "count_parameters",
     "set_fast_path",
-    "linear",
-    "Linear",
     "capture_attention",
     "AttentionMaps",
     "data",
