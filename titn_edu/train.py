@@ -47,20 +47,13 @@ from .device_data import DeviceLoader
 from .losses import TITNLoss
 from .metrics import _topk_hits, confusion_matrix, count_flops, precision_recall_f1
 from .model import count_parameters
+from .presets import OPTIMIZER_PRESETS, optimizer_preset
 from .teachers import freeze, to_channels_last
 from .teachers import teacher_logits as teacher_logits_fn
 from .utils import resolve_device, save_json, seed_everything, set_rng_state
 
 __all__ = ["fit", "evaluate", "History", "LivePlot", "OPTIMIZER_PRESETS", "build_optimizer", "warmup_cosine"]
 
-#: Defaults of the optimisation presets (any of them can be overridden by ``fit``'s arguments).
-OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
-    # §4.1 of the paper.
-    "paper": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=1024, warmup_epochs=0.0),
-    # The usual recipe for small vision transformers (DeiT-style, scaled down).
-    "adamw": dict(optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05, batch_size=128, warmup_epochs=None),
-}
-_ALIASES = {"sgd": "paper"}
 _MIXINGS = ("cutmix", "mixup", "cutmix_or_mixup", "none")
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "pixel_pos")
 
@@ -216,7 +209,7 @@ def build_optimizer(
     model: nn.Module, name: str = "adamw", *, lr: float | None = None, weight_decay: float | None = None
 ) -> torch.optim.Optimizer:
     """An optimizer from a preset of :data:`OPTIMIZER_PRESETS` (``"paper"``/``"sgd"`` or ``"adamw"``)."""
-    preset = _preset(name)
+    preset = optimizer_preset(name)
     lr = preset["lr"] if lr is None else lr
     wd = preset["weight_decay"] if weight_decay is None else weight_decay
     params = [p for p in model.parameters() if p.requires_grad]
@@ -225,15 +218,6 @@ def build_optimizer(
     if preset["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=preset["momentum"], weight_decay=wd)
     return torch.optim.AdamW(_param_groups(model, wd), lr=lr, betas=preset["betas"])
-
-
-def _preset(name: Any) -> dict[str, Any]:
-    key = _ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else None
-    if key not in OPTIMIZER_PRESETS:
-        raise ValueError(
-            f"unknown optimizer {name!r}; use 'paper' (= 'sgd', §4.1), 'adamw', or pass a torch.optim.Optimizer."
-        )
-    return OPTIMIZER_PRESETS[key]
 
 
 # ============================================================================ data helpers
@@ -551,7 +535,7 @@ def fit(
     if isinstance(optimizer, torch.optim.Optimizer):
         preset = dict(OPTIMIZER_PRESETS["adamw"], optimizer=None)
     else:
-        preset = _preset(optimizer)
+        preset = optimizer_preset(optimizer)
     batch_size = preset["batch_size"] if batch_size is None else batch_size
     _check_positive_int("batch_size", batch_size)
     eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size or max(batch_size, 256))
