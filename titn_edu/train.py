@@ -1,6 +1,17 @@
 """The training engine: :func:`fit` trains a student (optionally distilled from a teacher) and
 :func:`evaluate` reports the paper's Table 3 columns.
 
+``fit`` is a short loop over small pieces, each readable on its own::
+
+    config = FitConfig(...)                  # the arguments, checked, with the optimiser preset's values
+    run = _set_up(model, teacher, data...)   # seed, device, loaders, batch mixer, optimiser, LR schedule
+    folder, history, done = _open_run_folder(run, config)      # resume: weights, optimiser, history, RNG
+    for epoch in range(done, epochs):
+        record = train_one_epoch(...)        # train_step (Algorithm 2, then the update) on every batch
+        record.update(validation and test scores)
+        history.append(record); folder.save(record, history, run)   # last.pt, best.pt, history.json
+        stop if a callback returns True
+
 One training step (Algorithm 2, §3.5–3.6)::
 
     images, targets = mix(images, labels)          # CutMix: soft targets λ·onehot(a) + (1-λ)·onehot(b)
@@ -9,7 +20,7 @@ One training step (Algorithm 2, §3.5–3.6)::
         teacher_logits = teacher(images)           # frozen, eval(), same mixed batch
     loss = α·CE(class_logits, targets) + (1-α)·CE(distill_logits, argmax teacher_logits)   # eq. 9–10
 
-Optimisation presets (``optimizer=``):
+Optimisation presets (``optimizer=``; the values are in :mod:`titn_edu.presets`):
 
 * ``"paper"`` (alias ``"sgd"``, §4.1): SGD, momentum 0.9, weight decay 1e-4, lr 0.1, cosine
   annealing, batch 1024;
@@ -53,7 +64,10 @@ from .teachers import freeze, to_channels_last
 from .teachers import teacher_logits as teacher_logits_fn
 from .utils import resolve_device, save_json, seed_everything, set_rng_state
 
-__all__ = ["fit", "evaluate", "History", "LivePlot", "OPTIMIZER_PRESETS", "build_optimizer", "warmup_cosine"]
+__all__ = [
+    "fit", "FitConfig", "RunFolder", "train_one_epoch", "train_step", "StepResult", "NonFiniteLossError",
+    "evaluate", "History", "LivePlot", "OPTIMIZER_PRESETS", "build_optimizer", "warmup_cosine",
+]
 
 _MIXINGS = ("cutmix", "mixup", "cutmix_or_mixup", "none")
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "pixel_pos")
@@ -66,6 +80,13 @@ class History(list):
     ``status`` is ``"completed"``, ``"interrupted"`` (Ctrl-C), ``"diverged"`` (non-finite loss),
     ``"stopped"`` (a callback asked to stop) or ``"running"``; ``message`` explains it.
     A ``History`` is a ``list``, so ``json.dumps(history)`` and ``pandas.DataFrame(history)`` work.
+
+    A record of :func:`fit` holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``,
+    ``finished_at`` (Unix time at the end of the epoch, after its evaluations), ``train_loss``,
+    ``train_class_loss``, ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the
+    dominant label of each mixed target), ``teacher_agreement`` (% of training images where the
+    distillation head picks the teacher's class), with ``val_data`` ``val_loss``, ``val_top1``,
+    ``val_top5``, and with ``test_data`` ``test_loss``, ``test_top1``, ``test_top5``.
     """
 
     def __init__(self, records: Iterable[dict] = (), *, status: str = "running", message: str = "") -> None:
@@ -324,7 +345,7 @@ def train_step(
     """
     targets = labels
     if mixer is not None:
-        images, targets = mixer(images, labels)  # CutMix: targets = λ·onehot(a) + (1-λ)·onehot(b)
+        images, targets = mixer(images, labels)  # Alg. 2 line 5, CutMix: λ·onehot(a) + (1-λ)·onehot(b)
     with _autocast(images.device, amp):
         class_logits, distill_logits = _split_output(student(images))  # Alg. 2 line 2: p_θ(y|x)
         teacher_logits = None
@@ -432,15 +453,15 @@ class _EpochTotals:
 def train_one_epoch(
     student: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any,
     loss_fn: Callable[..., Any], *, teacher: nn.Module | None = None,
-    mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None, device: str | torch.device = "cpu",
+    mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None, device: str | torch.device | None = None,
     amp: bool | str = False, teacher_bf16: bool = False, grad_clip: float | None = None, epoch: int = 0,
     epochs: int | None = None, progress: bool = False, stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train ``student`` for one pass over ``loader`` (:func:`train_step` on every batch); return the averages.
 
-    ``student`` is put in ``train()`` mode, the (frozen) ``teacher`` in ``eval()`` mode; a model with
-    convolutions gets its images channels-last. ``epoch`` (from 0) and ``epochs`` label the progress
-    bar and the messages; at ``epoch`` 0 the first step checks that the teacher takes the images.
+    The batches go to ``device`` (default: the student's), channels-last for a model with convolutions.
+    ``student`` is put in ``train()`` mode, the (frozen) ``teacher`` in ``eval()`` mode. ``epoch`` (from 0)
+    and ``epochs`` label the progress bar and messages; at ``epoch`` 0 the first step checks the teacher.
 
     Returns ``lr`` (of the last step), ``train_loss``, ``train_class_loss`` and ``train_distill_loss``
     (``None`` when the loss does not report them), ``train_top1``/``train_top5`` (class head against
@@ -451,7 +472,7 @@ def train_one_epoch(
     ``KeyboardInterrupt`` after the current step once ``stop()`` is true (``fit`` passes its Ctrl-C
     handler: the first Ctrl-C lets the step finish).
     """
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else next(student.parameters()).device
     student.train()
     if teacher is not None:
         teacher.eval()
@@ -965,35 +986,35 @@ def fit(
     teacher_bf16: bool | None = None, compile: bool = False, num_workers: int = 0, eval_batch_size: int | None = None,
     run_info: dict[str, Any] | None = None, test_data: Any = None,
 ) -> History:
-    """Train ``model`` on ``train_data`` for ``epochs`` epochs, distilling from ``teacher``; return the :class:`History`.
+    """Train ``model`` on ``train_data`` for ``epochs`` epochs, distilled from ``teacher`` if given; return the History.
 
-    ``model`` is the student (e.g. :func:`titn_edu.build_model`) or any classifier (a teacher). The data
-    are Datasets of ``(image, label)``, DataLoaders, :class:`~titn_edu.device_data.DeviceLoader` or
-    ``(images, labels)`` tensor pairs: ``val_data`` is scored after every epoch and picks ``best.pt``;
-    ``test_data`` too, for the record only (``test_loss``, ``test_top1``, ``test_top5``). ``teacher``, a
-    trained classifier with the student's classes, is frozen, kept in ``eval()`` and run on the student's
-    mixed batch (a single-head student uses its head for both terms: classic distillation).
-    Every other argument is a setting, documented in :class:`FitConfig`.
+    ``model`` is the student (e.g. :func:`titn_edu.build_model`) or any classifier. The data are Datasets of
+    ``(image, label)``, DataLoaders, :class:`~titn_edu.device_data.DeviceLoader` or ``(images, labels)`` pairs;
+    ``val_data`` is scored after every epoch and picks ``best.pt``, ``test_data`` is scored for the record only.
+    ``teacher``, a trained classifier with the student's classes, is frozen and sees the student's mixed
+    batches (a single-head student uses its one head for both terms). The other arguments are settings,
+    documented in :class:`FitConfig`; the epochs' records in :class:`History`.
 
     Each epoch runs :func:`train_one_epoch` (Algorithm 2 on every batch), scores the data, saves the
     :class:`RunFolder` and calls the callbacks. The first Ctrl-C finishes the current step and returns the
-    history so far; a non-finite loss stops the run with advice (status ``"diverged"``, a warning).
+    history so far; a non-finite loss stops the run with advice (status ``"diverged"`` and a warning).
     The model is left in ``eval()`` mode (a TITN then returns the mean of its two heads).
     """
     _check_models(model, teacher)
     config = FitConfig(
-        epochs, loss, optimizer, lr, weight_decay, batch_size, warmup_epochs, min_lr_ratio, scheduler, mixing,
-        mix_alpha, grad_clip, device, output_dir, resume, seed, progress, live_plot, callbacks, amp, teacher_bf16,
-        compile, num_workers, eval_batch_size, run_info,
+        epochs=epochs, loss=loss, optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+        warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, scheduler=scheduler, mixing=mixing,
+        mix_alpha=mix_alpha, grad_clip=grad_clip, device=device, output_dir=output_dir, resume=resume, seed=seed,
+        progress=progress, live_plot=live_plot, callbacks=callbacks, amp=amp, teacher_bf16=teacher_bf16,
+        compile=compile, num_workers=num_workers, eval_batch_size=eval_batch_size, run_info=run_info,
     )
-    run = _set_up(model, teacher, train_data, val_data, test_data, config)  # seed, device, loaders, optimiser
-    folder, history, done = _open_run_folder(run, config)  # resume (optional)
+    run = _set_up(model, teacher, train_data, val_data, test_data, config)  # seed, device, data, optimiser
+    folder, history, done = _open_run_folder(run, config)  # with resume: weights, optimiser, history, RNG
     if done >= epochs:
         return _nothing_to_do(model, history, done, epochs)
     plot = live_plot if isinstance(live_plot, LivePlot) else (LivePlot() if live_plot else None)
-    stop: tuple[str, str] | None = None
-    with _GracefulInterrupt() as interrupt, tqdm(range(done, epochs), desc="epochs", initial=done, total=epochs,
-                                                 disable=not progress, dynamic_ncols=True) as epoch_bar:
+    stop: tuple[str, str] | None = None  # (status, message) of a run that ends early
+    with _GracefulInterrupt() as interrupt, _epoch_bar(done, epochs, progress) as epoch_bar:
         try:
             for epoch in epoch_bar:
                 record = _fit_epoch(run, config, epoch, stop=lambda: interrupt.requested)
@@ -1031,6 +1052,11 @@ def _fit_epoch(run: _Run, config: FitConfig, epoch: int, stop: Callable[[], bool
     return record
 
 
+def _epoch_bar(done: int, epochs: int, progress: bool) -> tqdm:
+    return tqdm(range(done, epochs), desc="epochs", initial=done, total=epochs, disable=not progress,
+                dynamic_ncols=True)
+
+
 def _show(record: dict[str, Any], history: History, epoch_bar: Any, plot: LivePlot | None) -> None:
     """The epoch's numbers on the progress bar (if any), the curves on the live plot (if any)."""
     if epoch_bar is not None:
@@ -1043,7 +1069,7 @@ def _show(record: dict[str, Any], history: History, epoch_bar: Any, plot: LivePl
 def _callbacks_say_stop(callbacks: list[Callable[[dict], Any]], record: dict[str, Any]) -> bool:
     """Call every callback with the record (all of them, even after one asked to stop)."""
     answers = [callback(record) for callback in callbacks]
-    return answers.count(True) > 0
+    return True in answers
 
 
 def _nothing_to_do(model: nn.Module, history: History, done: int, epochs: int) -> History:
