@@ -121,9 +121,7 @@ def _device(text: str) -> str:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .model import list_models
-
+    """The parser of ``titn-edu``: the commands ``train``, ``evaluate``, ``data export`` (and ``bench``)."""
     parser = argparse.ArgumentParser(
         prog="titn-edu",
         description="Train and evaluate TITN (Transformer-in-Transformer with knowledge distillation) models.",
@@ -133,10 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     # (only listed here; `titn-edu bench ...` is handed to titn_edu.bench.main, which has its own options)
     sub.add_parser("bench", add_help=False,
                    help="throughput and memory of TITN against timm's TNT (titn-edu bench --help)")
-
-    # --- train
     tr = sub.add_parser("train", help="train a teacher, then a TITN student with distillation",
                         description="Train a teacher (if one is named), then the student; see the presets.")
+    _add_model_flags(tr)
+    _add_recipe_flags(tr)
+    _add_run_flags(tr)
+    _add_evaluate_command(sub)
+    _add_data_command(sub)
+    return parser
+
+
+def _add_model_flags(tr: argparse.ArgumentParser) -> None:
+    """``train``: what to train (a preset, or the dataset, the student and the teacher)."""
+    from .data import DATASETS
+    from .model import list_models
+
     tr.add_argument("--preset", choices=sorted(PRESETS), help="a ready configuration (flags override its values)")
     tr.add_argument("--dataset", choices=DATASETS, help="dataset (required without --preset)")
     tr.add_argument("--model", choices=list_models(), help="student model (build_model name)")
@@ -146,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "a checkpoint (.pt or run folder) to load, or 'none'")
     tr.add_argument("--teacher-arg", dest="teacher_args", type=_key_value, action="append", default=[],
                     metavar="KEY=VALUE", help="override a teacher constructor argument, e.g. --teacher-arg width=32")
+
+
+def _add_recipe_flags(tr: argparse.ArgumentParser) -> None:
+    """``train``: how to train (each flag overrides the preset's value)."""
     tr.add_argument("--teacher-epochs", type=_int_at_least(1, "--teacher-epochs"), help="epochs to train the teacher")
     tr.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="epochs to train the student")
     tr.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="student batch size")
@@ -170,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--track-test", action=argparse.BooleanOptionalAction, default=None,
                     help="evaluate the test set after every epoch, for the accuracy-versus-time curve only "
                          "(never used to pick a checkpoint)")
+
+
+def _add_run_flags(tr: argparse.ArgumentParser) -> None:
+    """``train``: where and how long to run, where the data and the results go."""
     tr.add_argument("--time-limit", type=_positive_float("--time-limit"), metavar="MINUTES",
                     help="stop after the epoch that passes this many minutes, keeping last.pt; continue "
                          "later with --resume (training in slices; exit code 75)")
@@ -191,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, help="random seed (default 0)")
     tr.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
-    # --- evaluate
+
+def _add_evaluate_command(sub: Any) -> None:
+    """``titn-edu evaluate CHECKPOINT``: Table 3's metrics of a checkpoint on a test set."""
+    from .data import DATASETS
+
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on a test set (Table 3 metrics)")
     ev.add_argument("checkpoint", help="a .pt checkpoint or a run folder (best.pt, else last.pt)")
     ev.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one the checkpoint was trained on)")
@@ -205,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="download missing data (default: only when not found locally)")
     ev.add_argument("--output", help="write metrics.json into this folder")
 
-    # --- data
+
+def _add_data_command(sub: Any) -> None:
+    """``titn-edu data export NAME``: stage a dataset for offline machines."""
+    from .data import DATASETS
+
     da = sub.add_parser("data", help="dataset utilities")
     dsub = da.add_subparsers(dest="data_command", metavar="{export}")
     dsub.required = True
@@ -217,7 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                     help="download if missing (default: only when not found)")
     ex.add_argument("--splits", nargs="+", choices=["train", "test"], default=["train", "test"])
-    return parser
 
 
 # ----------------------------------------------------------------------------- helpers
