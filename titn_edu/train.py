@@ -661,7 +661,9 @@ class FitConfig:
             ``(images, labels) -> (images, soft_targets)``; ``mix_alpha`` is its Beta parameter.
         grad_clip: clip the gradient norm to this value (``None``: no clipping).
         device: ``"auto"`` (CUDA → MPS → CPU) or a device. On CUDA, ``amp`` uses bf16 autocast and
-            ``compile=True`` wraps the student in ``torch.compile``.
+            ``compile=True`` wraps the student in ``torch.compile``. A model with convolutions (a CNN
+            teacher) is stored channels-last for training (same values and ``state_dict``; ``python
+            benchmarks/teacher_path.py --train`` measures the gain).
         teacher_bf16: run the teacher under bf16 autocast. ``None``: on CUDA when ``amp``, never on CPU;
             ``True`` also on CPU, worth it on CPUs with native bf16 (AVX-512 BF16, AMX: ``python
             benchmarks/teacher_path.py`` measures it), at the cost of rare flips of near-tied teacher labels.
@@ -781,12 +783,13 @@ def _set_up(model: nn.Module, teacher: nn.Module | None, train_data: Any, val_da
     mixer = _mixer(config.mixing, config.mix_alpha, model)
     optimizer, scheduler = _optimizer_and_schedule(model, config, steps_per_epoch=len(train_loader))
     train_model = torch.compile(model) if config.compile else model
-    return _Run(model, train_model, teacher, device, teacher_bf16, train_loader, val_loader, test_loader, mixer,
-                optimizer, scheduler)
+    return _Run(model=model, train_model=train_model, teacher=teacher, device=device, teacher_bf16=teacher_bf16,
+                train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, mixer=mixer,
+                optimizer=optimizer, scheduler=scheduler)
 
 
 def _place_models(model: nn.Module, teacher: nn.Module | None, device: torch.device) -> None:
-    """Both models on the device, CNNs channels-last; the teacher frozen, with the student's classes."""
+    """Both models on the device, CNNs channels-last; the teacher frozen and checked for the student's classes."""
     model.to(device)
     to_channels_last(model)  # a CNN (e.g. a teacher being trained): oneDNN's / cuDNN's fast layout
     if teacher is None:
@@ -1017,6 +1020,7 @@ def fit(
     with _GracefulInterrupt() as interrupt, _epoch_bar(done, epochs, progress) as epoch_bar:
         try:
             for epoch in epoch_bar:
+                # train_one_epoch (Algorithm 2 on every batch), then the validation and test scores
                 record = _fit_epoch(run, config, epoch, stop=lambda: interrupt.requested)
                 history.append(record)
                 folder.save(record, history, run)  # last.pt, best.pt if better, history.json
