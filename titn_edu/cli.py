@@ -196,6 +196,9 @@ def _add_run_flags(tr: argparse.ArgumentParser) -> None:
                     help="CPU threads for PyTorch; auto = the cores not already busy (default)")
     tr.add_argument("--num-workers", type=_int_at_least(0, "--num-workers"), default=0, help="DataLoader workers")
     tr.add_argument("--compile", action="store_true", help="torch.compile the student (CUDA)")
+    tr.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
+                    help="run the student's inner blocks on the compiled CPU kernel of titn_edu.accel, same "
+                         "results (default: on CPU)")
     tr.add_argument("--device-data", action=argparse.BooleanOptionalAction, default=None,
                     help="keep the training images on the device and augment whole batches there "
                          "(titn_edu.DeviceLoader; default: on CUDA only; not with preloaded data)")
@@ -437,6 +440,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
          f"images; device {device}, {threads} thread(s)")
     device_data = _use_device_data(args.device_data, s.get("device_data"), device, train)
     record["config"]["device_data"] = device_data
+    record["config"]["accelerate"] = device.type == "cpu" if args.accelerate is None else args.accelerate
     stage = _Stages(args, s, out, device, record, train, val, test, start, device_data)
     teacher, history = _teacher_stage(stage, teacher_kind, teacher_ref, teacher)
     if history is not None and history.status != "completed":
@@ -616,6 +620,10 @@ def _student_stage(stage: _Stages, student: torch.nn.Module, teacher: torch.nn.M
     from .losses import TITNLoss
 
     s, out, s_start = stage.s, stage.out / "student", time.perf_counter()
+    if stage.record["config"]["accelerate"]:
+        from .accel import accelerate
+
+        accelerate(student)
     _say(f"student: training {s['model']} for {s['epochs']} epoch(s)" + (" with distillation" if teacher is not None else ""))
     loss = TITNLoss(alpha=s["alpha"], distillation=s["distillation"], tau=s["tau"],
                     label_smoothing=s.get("label_smoothing") or 0.0)
