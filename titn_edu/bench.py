@@ -170,12 +170,14 @@ def _count_flops(model: nn.Module, mode: str, device: torch.device, img: tuple[i
     """FLOPs per image of one training step or one inference forward (FlopCounterMode, eager)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .metrics import written_out_attention
+
     n = 2
     images = torch.randn(n, *img, device=device)
     labels = torch.randint(0, num_classes, (n,), device=device)
     model.train(mode == "train")
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else torch.autocast(device.type, enabled=False)
-    with FlopCounterMode(display=False) as counter:
+    with written_out_attention(model), FlopCounterMode(display=False) as counter:
         if mode == "train":
             with ctx:
                 loss = _loss(model(images), labels)
@@ -229,11 +231,15 @@ def _maxrss_bytes() -> int:
 
 
 def _memory_probe(name: str, model: str, mode: str, batch_size: int, num_classes: int, threads: int,
-                  overrides: dict[str, Any]) -> None:
+                  overrides: dict[str, Any], accelerate: bool = False) -> None:
     """Child process of :func:`_cpu_peak_memory`: prints the peak RSS growth of two steps as JSON."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = _build(name, model, num_classes, overrides)
+    if accelerate and name == model:
+        from .accel import accelerate as accelerate_model
+
+        accelerate_model(net)
     c = build_model(model, num_classes=num_classes, **overrides).config
     images = torch.randn(batch_size, c["in_chans"], c["img_size"], c["img_size"])
     labels = torch.randint(0, num_classes, (batch_size,))
@@ -255,7 +261,7 @@ def _memory_probe(name: str, model: str, mode: str, batch_size: int, num_classes
 
 
 def _cpu_peak_memory(name: str, model: str, mode: str, batch_size: int, num_classes: int, threads: int,
-                     overrides: dict[str, Any]) -> int:
+                     overrides: dict[str, Any], accelerate: bool = False) -> int:
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [package_root, env.get("PYTHONPATH", "")] if p)
@@ -263,7 +269,7 @@ def _cpu_peak_memory(name: str, model: str, mode: str, batch_size: int, num_clas
         "import json, sys; from titn_edu.bench import _memory_probe; "
         "_memory_probe(*json.loads(sys.argv[1]))"
     )
-    args = json.dumps([name, model, mode, batch_size, num_classes, threads, overrides])
+    args = json.dumps([name, model, mode, batch_size, num_classes, threads, overrides, accelerate])
     proc = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {name} ({mode}) failed:\n{proc.stderr[-2000:]}")
@@ -330,7 +336,8 @@ class BenchmarkResult:
             f"{m['date']}  {m['device_name']}  torch {m['torch']}  timm {m['timm']}  threads {s['threads']}"
             f"  load avg {m['load_before']} -> {m['load_after']}",
             f"device {s['device']}  batch {s['batch_size']}  rounds {s['rounds']} x {s['steps']} step(s)"
-            f"  amp {'bf16' if s['amp'] else 'off (fp32)'}  compile {s['compile']}",
+            f"  amp {'bf16' if s['amp'] else 'off (fp32)'}  compile {s['compile']}"
+            f"  accelerated {s.get('accelerate', False)}",
             "",
             f"{'mode':<6} {'model':<9} {'params':>10} {'img/s min':>10} {'median':>9} {'max':>9}"
             f" {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak mem':>10}",
@@ -381,6 +388,7 @@ def run_benchmark(
     peak_tflops: float | None = None,
     overrides: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    accelerate: bool | None = None,
 ) -> BenchmarkResult:
     """Time ``build_model(model)`` against timm's TNT of the same configuration (see module docstring).
 
@@ -396,6 +404,7 @@ def run_benchmark(
         peak_tflops: device peak for MFU; ``None`` looks the CUDA device up in :data:`PEAK_TFLOPS`.
         overrides: constructor arguments applied to both models (e.g. ``{"depth": 2}`` for a smoke test).
         progress: called with a line of text after each measurement (``print`` for live output).
+        accelerate: TITN's inner blocks on :mod:`titn_edu.accel`'s compiled kernel; ``None`` = on CPU only.
     """
     if model not in MODEL_PRESETS:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_PRESETS)}.")
@@ -433,6 +442,11 @@ def run_benchmark(
     names = [model, _REFERENCE]
     torch.manual_seed(0)
     nets = {n: _build(n, model, num_classes, overrides).to(dev) for n in names}
+    accelerate = not on_gpu if accelerate is None else bool(accelerate)
+    if accelerate:
+        from .accel import accelerate as accelerate_model
+
+        accelerate_model(nets[model])
     c = nets[model].config
     img = (c["in_chans"], c["img_size"], c["img_size"])
     images = torch.randn(batch_size, *img, device=dev)
@@ -452,7 +466,8 @@ def run_benchmark(
     }
     settings = dict(model=model, num_classes=num_classes, device=dev.type, batch_size=batch_size, rounds=rounds,
                     steps=steps, warmup=warmup, modes=list(modes), threads=torch.get_num_threads(), amp=amp,
-                    compile=compile, overrides=overrides, peak_flops=peak, peak_source=peak_source)
+                    compile=compile, overrides=overrides, peak_flops=peak, peak_source=peak_source,
+                    accelerate=accelerate)
     result = BenchmarkResult(settings=settings, machine=machine)
 
     for mode in modes:
@@ -485,7 +500,8 @@ def run_benchmark(
                 _sync(dev)
                 mem, how = torch.cuda.max_memory_allocated(dev), "torch.cuda.max_memory_allocated during one step"
             elif memory:
-                mem = _cpu_peak_memory(n, model, mode, batch_size, num_classes, torch.get_num_threads(), overrides)
+                mem = _cpu_peak_memory(n, model, mode, batch_size, num_classes, torch.get_num_threads(), overrides,
+                                       accelerate)
                 how = "rise of the peak RSS (VmHWM) over the RSS before two full-batch steps, fresh subprocess per model"
             result.results.append(ModelResult(n, mode, count_parameters(nets[n]), times[n], cpu_times[n], flops, mem, how))
             say(f"{mode} {n}: flops and memory measured")
@@ -529,13 +545,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (default: looked up for known GPUs)")
     p.add_argument("--json", type=Path, help="also write all raw numbers to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
+                   help="TITN's inner blocks on titn_edu.accel's compiled kernel (default: on CPU only)")
     args = p.parse_args(argv)
     try:
         result = run_benchmark(
             model=args.model, num_classes=args.num_classes, device=args.device, batch_size=args.batch_size,
             rounds=args.rounds, steps=args.steps, warmup=args.warmup, modes=args.modes, threads=args.threads,
             amp=args.amp, compile=args.compile, memory=args.memory, peak_tflops=args.peak_tflops,
-            progress=None if args.quiet else lambda line: print(line, flush=True),
+            progress=None if args.quiet else lambda line: print(line, flush=True), accelerate=args.accelerate,
         )
     except (ValueError, ImportError) as err:
         p.error(str(err))
