@@ -25,8 +25,7 @@ from .utils import seed_everything
 from . import results
 from . import pretrained
 from .pretrained import list_pretrained, load_pretrained, pretrained_info
-from . import checks, viz
-from . import bench
+from . import checks, presets, viz
 
 __version__ = "0.1.0"
 
@@ -86,8 +85,26 @@ __all__ = [
     "evaluate",
     "viz",
     "checks",
+    "presets",
     "bench",
+    "accel",
 ]
 from . import course  # noqa: E402  (course part II: preset-driven training helpers for notebooks 06-10)
 
 __all__ += ["course"]
+
+#: Imported on first use only: the benchmark (it needs timm), the command line, and the optional
+#: CPU accelerator (importing it builds nothing; titn_edu.accel.accelerate(model) does).
+_LAZY = ("bench", "cli", "accel")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
