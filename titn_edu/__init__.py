@@ -28,7 +28,6 @@ from . import results
 from . import pretrained
 from .pretrained import list_pretrained, load_pretrained, pretrained_info
 from . import checks, viz
-from . import bench
 
 __version__ = "0.1.0"
 
@@ -97,3 +96,20 @@ __all__ = [
 from . import course  # noqa: E402  (course part II: preset-driven training helpers for notebooks 06-10)
 
 __all__ += ["course"]
+
+#: Submodules imported on first use (``titn_edu.bench``), not by ``import titn_edu``: the course
+#: does not need them.
+_LAZY_SUBMODULES = ("bench",)
+
+
+def __getattr__(name: str):
+    """Import a lazy submodule on first access (PEP 562); it is then an ordinary attribute."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
