@@ -90,23 +90,23 @@ def _tokens_hint(ref: TITNBlock, pixels: Tensor, tokens: Tensor, inner_pixels: T
     """Which known mistake in the patch residual (missing, zero rows misplaced, no norm …) produced ``got``."""
     pre, suf = zero_rows
     batch = tokens.shape[0]
-    residual_of = ref.patch_residual
+    patch_residual = ref.patch_residual  # norm, then proj
 
     def flat(p: Tensor) -> Tensor:
         return rearrange(p, "(b n) p c -> b n (p c)", b=batch)
 
-    residual = residual_of.proj(residual_of.norm(flat(inner_pixels)))
+    residual = patch_residual.proj(patch_residual.norm(flat(inner_pixels)))
     misplaced = ("the zero rows go in front for the class token(s) and at the back for the distillation token: "
                  "F.pad(residual, (0, 0, num_prefix, num_suffix)).")
     return first_hint(got, [
         (ref.outer(tokens), "the patch residual is missing: add the projected pixels to the patch tokens before the outer transformer."),
         (ref.outer(tokens + F.pad(residual, (0, 0, pre + suf, 0))), misplaced),
         (ref.outer(tokens + F.pad(residual, (0, 0, 0, pre + suf))), misplaced),
-        (ref.outer(tokens + F.pad(residual_of.proj(flat(inner_pixels)), (0, 0, pre, suf))),
+        (ref.outer(tokens + F.pad(patch_residual.proj(flat(inner_pixels)), (0, 0, pre, suf))),
          "the patch residual normalises the flattened pixels before projecting them: proj(norm(flat))."),
         (ref.outer(tokens) + F.pad(residual, (0, 0, pre, suf)),
          "add the patch residual before the outer transformer, not after it."),
-        (ref.outer(tokens + F.pad(residual_of.proj(residual_of.norm(flat(pixels))), (0, 0, pre, suf))),
+        (ref.outer(tokens + F.pad(patch_residual.proj(patch_residual.norm(flat(pixels))), (0, 0, pre, suf))),
          "build the patch residual from the pixels after the inner transformer, not from its input."),
     ])
 
