@@ -99,6 +99,7 @@ _LAZY = ("bench", "cli", "accel")
 
 
 def __getattr__(name: str):
+    """Import a lazy submodule on first access (PEP 562); it is then an ordinary attribute."""
     if name in _LAZY:
         import importlib
 
