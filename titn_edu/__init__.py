@@ -27,7 +27,7 @@ from .utils import seed_everything
 from . import results
 from . import pretrained
 from .pretrained import list_pretrained, load_pretrained, pretrained_info
-from . import checks, viz
+from . import viz
 
 __version__ = "0.1.0"
 
@@ -97,9 +97,9 @@ from . import course  # noqa: E402  (course part II: preset-driven training help
 
 __all__ += ["course"]
 
-#: Submodules imported on first use (``titn_edu.bench``), not by ``import titn_edu``: the course
-#: does not need them.
-_LAZY_SUBMODULES = ("bench",)
+#: Submodules imported on first use (``titn_edu.checks``, ``titn_edu.bench``), not by ``import titn_edu``:
+#: training and evaluation do not need them.
+_LAZY_SUBMODULES = ("checks", "bench")
 
 
 def __getattr__(name: str):
