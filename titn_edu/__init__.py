@@ -25,7 +25,7 @@ from .utils import seed_everything
 from . import results
 from . import pretrained
 from .pretrained import list_pretrained, load_pretrained, pretrained_info
-from . import checks, presets, viz
+from . import presets, viz
 
 __version__ = "0.1.0"
 
@@ -93,9 +93,9 @@ from . import course  # noqa: E402  (course part II: preset-driven training help
 
 __all__ += ["course"]
 
-#: Imported on first use only: the benchmark (it needs timm), the command line, and the optional
-#: CPU accelerator (importing it builds nothing; titn_edu.accel.accelerate(model) does).
-_LAZY = ("bench", "cli", "accel")
+#: Imported on first use only: the coursework checkers, the benchmark (it needs timm), the command
+#: line, and the optional CPU accelerator (importing it builds nothing; accel.accelerate(model) does).
+_LAZY = ("checks", "bench", "cli", "accel")
 
 
 def __getattr__(name: str):
