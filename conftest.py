@@ -19,7 +19,7 @@ def pytest_collectstart(collector):
 
 
 def pytest_configure(config):
-    # Kernel choices (titn_edu.tuning) go to a folder of this test session, not the user's cache.
+    # The accelerator's library (titn_edu.accel) is built in a folder of this test session, not the user's cache.
     if "TITN_EDU_CACHE_DIR" not in os.environ:
         config._titn_edu_cache = os.environ["TITN_EDU_CACHE_DIR"] = tempfile.mkdtemp(prefix="titn_edu_cache_")
     # Tests and notebooks read data from the offline data root when it exists (see README).

@@ -22,8 +22,9 @@ import time
 import torch
 
 import titn_edu
-from titn_edu.cli import PRESETS, _auto_threads, _preload
+from titn_edu.cli import _auto_threads, _preload
 from titn_edu.data import get_dataset, get_transforms
+from titn_edu.presets import PRESETS
 from titn_edu.utils import save_json
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of docs/benchmarks.md in one run, sized for a short loan of a GPU machine.
+# The GPU rows of docs/performance.md in one run, sized for a short loan of a GPU machine.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR [STEP ...]]   # default: benchmarks/gpu-results, every step
 #   bash benchmarks/gpu_check.sh out throughput          # step 1 alone (at most 8 minutes)

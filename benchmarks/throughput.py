@@ -5,7 +5,7 @@
     python benchmarks/throughput.py --help
 
 The logic lives in :mod:`titn_edu.bench` (``run_benchmark``); results are recorded in
-``docs/benchmarks.md``. Needs the benchmark extra: ``pip install -e ".[bench]"``.
+``docs/performance.md``. Needs the benchmark extra: ``pip install -e ".[bench]"``.
 """
 
 import sys

@@ -86,7 +86,7 @@ def test_capture_attention_records_inner_and_outer_maps_and_restores():
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
     torch.testing.assert_close(before, inside, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(before, after)
-    assert all(m._recorder is None and m.fused for m in model.modules() if isinstance(m, MultiHeadAttention))
+    assert all(m.recorder is None and m.fused for m in model.modules() if isinstance(m, MultiHeadAttention))
     # nothing is recorded once the context has closed
     model(x)
     assert len(maps) == 2 * depth
@@ -97,7 +97,7 @@ def test_capture_restores_on_error():
     with pytest.raises(RuntimeError):
         with titn_edu.capture_attention(model):
             raise RuntimeError("boom")
-    assert all(m._recorder is None for m in model.modules() if isinstance(m, MultiHeadAttention))
+    assert all(m.recorder is None for m in model.modules() if isinstance(m, MultiHeadAttention))
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,16 @@ def test_model_without_config_saves_but_cannot_be_rebuilt(tmp_path):
     assert torch.equal(load_checkpoint(path)["state_dict"]["weight"], net.weight.detach())
     with pytest.raises(CheckpointError, match="rebuild"):
         load_model(path)
+
+
+def test_a_checkpoint_saved_before_the_model_path_was_rewritten_still_loads_and_predicts_the_same():
+    """``tests/data/titn_tiny_before_redesign.pt`` was written by commit 5fbd57d (fast paths woven into the
+    model); today's plain model loads it with the same ``state_dict`` keys and gives the logits recorded then."""
+    path = Path(__file__).parent / "data" / "titn_tiny_before_redesign.pt"
+    model = load_model(path)
+    ckpt = load_checkpoint(path)
+    assert set(ckpt["state_dict"]) == set(model.state_dict())
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(images)
+    torch.testing.assert_close(logits, torch.tensor(ckpt["extra"]["logits"]), atol=1e-5, rtol=1e-4)

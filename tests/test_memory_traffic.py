@@ -42,22 +42,3 @@ def test_script_runs_and_reports_both_parts():
         assert ms > 0 and mib > 0 and ops > 10
     assert any(line.startswith("LayerNorm (32, 16, 12)") for line in lines)
     assert any("matrix products for the moments" in line for line in lines)
-
-
-def test_folded_attention_benchmark_computes_what_the_library_computes():
-    """``benchmarks/folded_attention.py`` (a formulation tried and not adopted): same outputs and gradients."""
-    path = SCRIPT.parent / "folded_attention.py"
-    spec = importlib.util.spec_from_file_location("folded_attention", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.manual_seed(0)  # float64: the folding is exact algebra, so only rounding may differ
-    y = torch.randn(5, 16, 12, dtype=torch.float64, requires_grad=True)
-    weights = [torch.randn(*shape, dtype=torch.float64).requires_grad_() for shape in ((36, 12), (12, 12), (12,))]
-    grad = torch.randn(5, 16, 12, dtype=torch.float64)
-    folded = torch.autograd.grad(module.folded(y, *weights, 2), [y, *weights], grad)
-    plain = torch.autograd.grad(module.library(y, *weights, 2, "per_head"), [y, *weights], grad)
-    for a, b in zip(folded, plain):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
-    result = subprocess.run([sys.executable, str(path), "--batch", "1", "--reps", "1"],
-                            capture_output=True, text=True, timeout=300, check=True)
-    assert "| folded |" in result.stdout and "| transposed |" in result.stdout

@@ -115,3 +115,17 @@ def test_evaluate_reports_table3_columns():
     assert (result["precision"], result["recall"], result["f1"]) == pytest.approx((sp, sr, sf))
     assert result["params"] == 3 and result["num_samples"] == n and result["seconds"] >= 0
     assert {"loss", "gflops", "num_classes"} <= set(result)
+
+
+def test_count_flops_counts_attention_products_and_restores_the_fast_path():
+    """FlopCounterMode cannot see inside the fused attention kernel; count_flops counts eq. 1 written out."""
+    from titn_edu import MultiHeadAttention, build_model
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model("vit-tiny", num_classes=10, depth=1).eval()
+    tokens, dim = model.num_tokens, model.config["outer_dim"]
+    with torch.no_grad(), FlopCounterMode(display=False) as fused:
+        model(torch.zeros(1, 3, 32, 32))
+    attention_products = 2 * 2 * tokens * tokens * dim  # QK^T and weights x V, 2 FLOPs per multiply-add
+    assert count_flops(model, (3, 32, 32)) * 1e9 == fused.get_total_flops() + attention_products
+    assert all(m.fused for m in model.modules() if isinstance(m, MultiHeadAttention))

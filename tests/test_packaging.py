@@ -41,11 +41,31 @@ def test_readme_documents_the_test_command_and_every_public_name():
 
 
 def test_every_kernel_source_ships_with_the_package():
-    """The C++ kernels are built from the installed package's files: each one must be package data."""
+    """The accelerator's C++ kernel is built from the installed package's files: each one must be package data."""
     import fnmatch
 
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["titn_edu"]
-    sources = [p.relative_to(ROOT / "titn_edu").as_posix() for p in (ROOT / "titn_edu" / "csrc").iterdir()]
-    assert {"csrc/inner_block.cpp", "csrc/bias_gelu.cpp", "csrc/vmath.h"} <= set(sources)
+    sources = [p.relative_to(ROOT / "titn_edu").as_posix() for p in (ROOT / "titn_edu" / "accel" / "csrc").iterdir()]
+    assert {"accel/csrc/inner_block.cpp", "accel/csrc/vmath.h"} <= set(sources)
     missing = [s for s in sources if not any(fnmatch.fnmatch(s, g) for g in globs)]
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
+
+
+def test_every_name_in_the_readme_api_tables_exists():
+    """The README's API tables match the code: each `titn_edu.NAME` row names something importable."""
+    import titn_edu
+
+    readme = (ROOT / "README.md").read_text()
+    rows = set(re.findall(r"^\| `titn_edu\.([A-Za-z_]\w*)`", readme, flags=re.MULTILINE))
+    assert len(rows) > 40
+    missing = sorted(n for n in rows if not hasattr(titn_edu, n))
+    assert not missing, f"README API rows that titn_edu does not have: {missing}"
+
+
+def test_import_titn_edu_leaves_the_benchmark_the_cli_and_the_accelerator_unimported():
+    import subprocess
+    import sys
+
+    code = "import sys, titn_edu; print(sorted(m for m in ('titn_edu.bench', 'titn_edu.cli', 'titn_edu.accel', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -5,15 +5,13 @@ The public API is listed in ``__all__`` and in the README; coursework imports it
 
 from __future__ import annotations
 
-from . import attention, native, tuning
+from . import attention
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TITNBlock, TransformerBlock
 from .capture import AttentionMaps, capture_attention
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch, patchify, pixelify
 from .layers import DropPath, Mlp
 from .model import MODEL_PRESETS, TITN, build_model, count_parameters, list_models, set_fast_path
-from . import linear
-from .linear import Linear
 from . import data, teachers
 from .data import DATASETS, ImageArrayDataset, batch_mixer, export_dataset, get_dataset, get_transforms, make_loader
 from . import device_data
@@ -27,8 +25,7 @@ from .utils import seed_everything
 from . import results
 from . import pretrained
 from .pretrained import list_pretrained, load_pretrained, pretrained_info
-from . import checks, viz
-from . import bench
+from . import presets, viz
 
 __version__ = "0.1.0"
 
@@ -39,8 +36,6 @@ __all__ = [
     "load_pretrained",
     "pretrained_info",
     "attention",
-    "native",
-    "tuning",
     "scaled_dot_product_attention",
     "MultiHeadAttention",
     "Mlp",
@@ -58,8 +53,6 @@ __all__ = [
     "MODEL_PRESETS",
     "count_parameters",
     "set_fast_path",
-    "linear",
-    "Linear",
     "capture_attention",
     "AttentionMaps",
     "data",
@@ -92,8 +85,27 @@ __all__ = [
     "evaluate",
     "viz",
     "checks",
+    "presets",
     "bench",
+    "accel",
 ]
 from . import course  # noqa: E402  (course part II: preset-driven training helpers for notebooks 06-10)
 
 __all__ += ["course"]
+
+#: Imported on first use only: the coursework checkers, the benchmark (it needs timm), the command
+#: line, and the optional CPU accelerator (importing it builds nothing; accel.accelerate(model) does).
+_LAZY = ("checks", "bench", "cli", "accel")
+
+
+def __getattr__(name: str):
+    """Import a lazy submodule on first access (PEP 562); it is then an ordinary attribute."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

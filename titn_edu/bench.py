@@ -170,12 +170,14 @@ def _count_flops(model: nn.Module, mode: str, device: torch.device, img: tuple[i
     """FLOPs per image of one training step or one inference forward (FlopCounterMode, eager)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .metrics import written_out_attention
+
     n = 2
     images = torch.randn(n, *img, device=device)
     labels = torch.randint(0, num_classes, (n,), device=device)
     model.train(mode == "train")
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else torch.autocast(device.type, enabled=False)
-    with FlopCounterMode(display=False) as counter:
+    with written_out_attention(model), FlopCounterMode(display=False) as counter:
         if mode == "train":
             with ctx:
                 loss = _loss(model(images), labels)
@@ -229,11 +231,15 @@ def _maxrss_bytes() -> int:
 
 
 def _memory_probe(name: str, model: str, mode: str, batch_size: int, num_classes: int, threads: int,
-                  overrides: dict[str, Any]) -> None:
+                  overrides: dict[str, Any], accelerate: bool = False) -> None:
     """Child process of :func:`_cpu_peak_memory`: prints the peak RSS growth of two steps as JSON."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     net = _build(name, model, num_classes, overrides)
+    if accelerate and name == model:
+        from .accel import accelerate as accelerate_model
+
+        accelerate_model(net)
     c = build_model(model, num_classes=num_classes, **overrides).config
     images = torch.randn(batch_size, c["in_chans"], c["img_size"], c["img_size"])
     labels = torch.randint(0, num_classes, (batch_size,))
@@ -255,7 +261,7 @@ def _memory_probe(name: str, model: str, mode: str, batch_size: int, num_classes
 
 
 def _cpu_peak_memory(name: str, model: str, mode: str, batch_size: int, num_classes: int, threads: int,
-                     overrides: dict[str, Any]) -> int:
+                     overrides: dict[str, Any], accelerate: bool = False) -> int:
     package_root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [package_root, env.get("PYTHONPATH", "")] if p)
@@ -263,7 +269,7 @@ def _cpu_peak_memory(name: str, model: str, mode: str, batch_size: int, num_clas
         "import json, sys; from titn_edu.bench import _memory_probe; "
         "_memory_probe(*json.loads(sys.argv[1]))"
     )
-    args = json.dumps([name, model, mode, batch_size, num_classes, threads, overrides])
+    args = json.dumps([name, model, mode, batch_size, num_classes, threads, overrides, accelerate])
     proc = subprocess.run([sys.executable, "-c", code, args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {name} ({mode}) failed:\n{proc.stderr[-2000:]}")
@@ -330,7 +336,8 @@ class BenchmarkResult:
             f"{m['date']}  {m['device_name']}  torch {m['torch']}  timm {m['timm']}  threads {s['threads']}"
             f"  load avg {m['load_before']} -> {m['load_after']}",
             f"device {s['device']}  batch {s['batch_size']}  rounds {s['rounds']} x {s['steps']} step(s)"
-            f"  amp {'bf16' if s['amp'] else 'off (fp32)'}  compile {s['compile']}",
+            f"  amp {'bf16' if s['amp'] else 'off (fp32)'}  compile {s['compile']}"
+            f"  accelerated {s.get('accelerate', False)}",
             "",
             f"{'mode':<6} {'model':<9} {'params':>10} {'img/s min':>10} {'median':>9} {'max':>9}"
             f" {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak mem':>10}",
@@ -381,6 +388,7 @@ def run_benchmark(
     peak_tflops: float | None = None,
     overrides: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    accelerate: bool | None = None,
 ) -> BenchmarkResult:
     """Time ``build_model(model)`` against timm's TNT of the same configuration (see module docstring).
 
@@ -396,7 +404,52 @@ def run_benchmark(
         peak_tflops: device peak for MFU; ``None`` looks the CUDA device up in :data:`PEAK_TFLOPS`.
         overrides: constructor arguments applied to both models (e.g. ``{"depth": 2}`` for a smoke test).
         progress: called with a line of text after each measurement (``print`` for live output).
+        accelerate: TITN's inner blocks on :mod:`titn_edu.accel`'s kernel; ``None`` = on CPU only.
     """
+    dev, settings = _checked_settings(model=model, num_classes=num_classes, device=device, batch_size=batch_size,
+                                      rounds=rounds, steps=steps, warmup=warmup, modes=modes, threads=threads,
+                                      amp=amp, compile=compile, peak_tflops=peak_tflops, overrides=overrides)
+    say, names = progress or (lambda line: None), [model, _REFERENCE]
+    settings["accelerate"] = dev.type == "cpu" if accelerate is None else bool(accelerate)
+    nets = _build_pair(model, num_classes, settings, dev)
+    c = nets[model].config
+    img = (c["in_chans"], c["img_size"], c["img_size"])
+    images = torch.randn(settings["batch_size"], *img, device=dev)
+    labels = torch.randint(0, num_classes, (settings["batch_size"],), device=dev)
+    settings["peak_flops"], settings["peak_source"] = _device_peak(dev, peak_tflops)
+    result = BenchmarkResult(settings=settings, machine=_machine(dev))
+
+    for mode in settings["modes"]:
+        fns = {n: _make_step(nets[n], mode, images, labels, amp=settings["amp"], compile=settings["compile"])
+               for n in names}
+        times, cpu_times = _time_rounds(fns, mode, settings, dev, say)
+        for n in names:
+            nets[n].zero_grad(set_to_none=True)
+            flops = _count_flops(nets[n], mode, dev, img, num_classes, settings["amp"])
+            mem, how = _peak_memory(n, fns[n], mode, settings, dev, memory)
+            result.results.append(ModelResult(n, mode, count_parameters(nets[n]), times[n], cpu_times[n], flops, mem, how))
+            say(f"{mode} {n}: flops and memory measured")
+    result.machine["load_after"] = _load()
+    return result
+
+
+def _build_pair(model: str, num_classes: int, settings: dict[str, Any], dev: torch.device) -> dict[str, nn.Module]:
+    """TITN (its inner blocks accelerated when ``settings["accelerate"]``) and timm's TNT, seeded alike."""
+    torch.manual_seed(0)
+    nets = {n: _build(n, model, num_classes, settings["overrides"]).to(dev) for n in (model, _REFERENCE)}
+    if settings["accelerate"]:
+        from .accel import accelerate
+
+        accelerate(nets[model])
+    return nets
+
+
+def _checked_settings(*, model: str, num_classes: int, device: str, batch_size: int | None, rounds: int | None,
+                      steps: int | None, warmup: int | None, modes: Sequence[str], threads: int | None,
+                      amp: bool | None, compile: bool | None, peak_tflops: float | None,
+                      overrides: dict[str, Any] | None) -> tuple[torch.device, dict[str, Any]]:
+    """The device and the settings of a run (``None`` filled in with the device's default); a ``ValueError``
+    names the first bad argument. Sets the number of CPU threads when ``threads`` is given."""
     if model not in MODEL_PRESETS:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_PRESETS)}.")
     if not MODEL_PRESETS[model].get("inner", False) or (overrides or {}).get("inner") is False:
@@ -411,86 +464,88 @@ def run_benchmark(
     modes = tuple(modes)
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be a non-empty selection of {MODES}; got {modes!r}.")
-    defaults = dict(batch_size=1024, rounds=5, steps=10, warmup=3) if on_gpu else dict(batch_size=128, rounds=5, steps=2, warmup=1)
-    batch_size = defaults["batch_size"] if batch_size is None else batch_size
-    rounds = defaults["rounds"] if rounds is None else rounds
-    steps = defaults["steps"] if steps is None else steps
-    warmup = defaults["warmup"] if warmup is None else warmup
-    for name, value, low in [("batch_size", batch_size, 1), ("rounds", rounds, 1), ("steps", steps, 1), ("warmup", warmup, 0)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    counts = _step_counts(on_gpu, batch_size=batch_size, rounds=rounds, steps=steps, warmup=warmup)
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer; got {threads!r}.")
         torch.set_num_threads(threads)
     if peak_tflops is not None and not peak_tflops > 0:
         raise ValueError(f"peak_tflops must be > 0; got {peak_tflops!r}.")
-    amp = on_gpu if amp is None else bool(amp)
-    compile = on_gpu if compile is None else bool(compile)
-    overrides = dict(overrides or {})
-    say = progress or (lambda line: None)
+    settings = dict(model=model, num_classes=num_classes, device=dev.type, **counts, modes=list(modes),
+                    threads=torch.get_num_threads(), amp=on_gpu if amp is None else bool(amp),
+                    compile=on_gpu if compile is None else bool(compile), overrides=dict(overrides or {}))
+    return dev, settings
 
-    names = [model, _REFERENCE]
-    torch.manual_seed(0)
-    nets = {n: _build(n, model, num_classes, overrides).to(dev) for n in names}
-    c = nets[model].config
-    img = (c["in_chans"], c["img_size"], c["img_size"])
-    images = torch.randn(batch_size, *img, device=dev)
-    labels = torch.randint(0, num_classes, (batch_size,), device=dev)
-    peak, peak_source = _device_peak(dev, peak_tflops)
 
+def _step_counts(on_gpu: bool, **given: int | None) -> dict[str, int]:
+    """``batch_size``, ``rounds``, ``steps``, ``warmup``: the given ones checked, the others the device's default."""
+    defaults = dict(batch_size=1024, rounds=5, steps=10, warmup=3) if on_gpu else dict(batch_size=128, rounds=5, steps=2, warmup=1)
+    counts = {name: defaults[name] if given[name] is None else given[name] for name in defaults}
+    for name, low in [("batch_size", 1), ("rounds", 1), ("steps", 1), ("warmup", 0)]:
+        value = counts[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    return counts
+
+
+def _machine(dev: torch.device) -> dict[str, Any]:
+    """Where and when the run happens: date, device, library versions, load average before it."""
     try:
         import timm
         timm_version = timm.__version__
     except ImportError:  # pragma: no cover
         timm_version = "n/a"
-    machine = {
+    on_gpu = dev.type == "cuda"
+    return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device_name": torch.cuda.get_device_name(dev) if on_gpu else f"{cpu_name()} ({os.cpu_count()} cores)",
         "torch": torch.__version__, "timm": timm_version, "python": platform.python_version(),
         "load_before": _load(),
     }
-    settings = dict(model=model, num_classes=num_classes, device=dev.type, batch_size=batch_size, rounds=rounds,
-                    steps=steps, warmup=warmup, modes=list(modes), threads=torch.get_num_threads(), amp=amp,
-                    compile=compile, overrides=overrides, peak_flops=peak, peak_source=peak_source)
-    result = BenchmarkResult(settings=settings, machine=machine)
 
-    for mode in modes:
-        fns = {n: _make_step(nets[n], mode, images, labels, amp=amp, compile=compile) for n in names}
-        for n in names:
-            for _ in range(warmup):
+
+def _time_rounds(fns: dict[str, Callable[[], None]], mode: str, settings: dict[str, Any], dev: torch.device,
+                 say: Callable[[str], None]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Warm-up steps, then the timed rounds, the models alternating who goes first.
+
+    Returns images per second and images per CPU-second of every round, per model.
+    """
+    names = list(fns)
+    batch_size, rounds, steps = settings["batch_size"], settings["rounds"], settings["steps"]
+    for n in names:
+        for _ in range(settings["warmup"]):
+            fns[n]()
+        _sync(dev)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    cpu_times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):  # alternate who goes first
+            _sync(dev)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(steps):
                 fns[n]()
             _sync(dev)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        cpu_times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(rounds):
-            for n in (names if r % 2 == 0 else names[::-1]):  # alternate who goes first
-                _sync(dev)
-                start, cpu_start = time.perf_counter(), time.process_time()
-                for _ in range(steps):
-                    fns[n]()
-                _sync(dev)
-                times[n].append(batch_size * steps / (time.perf_counter() - start))
-                cpu_times[n].append(batch_size * steps / max(time.process_time() - cpu_start, 1e-9))
-                say(f"{mode} round {r + 1}/{rounds} {n}: {times[n][-1]:.1f} img/s, "
-                    f"{cpu_times[n][-1]:.1f} img per CPU-s")
-        for n in names:
-            nets[n].zero_grad(set_to_none=True)
-            flops = _count_flops(nets[n], mode, dev, img, num_classes, amp)
-            mem, how = None, ""
-            if memory and on_gpu:
-                _sync(dev)
-                torch.cuda.reset_peak_memory_stats(dev)
-                fns[n]()
-                _sync(dev)
-                mem, how = torch.cuda.max_memory_allocated(dev), "torch.cuda.max_memory_allocated during one step"
-            elif memory:
-                mem = _cpu_peak_memory(n, model, mode, batch_size, num_classes, torch.get_num_threads(), overrides)
-                how = "rise of the peak RSS (VmHWM) over the RSS before two full-batch steps, fresh subprocess per model"
-            result.results.append(ModelResult(n, mode, count_parameters(nets[n]), times[n], cpu_times[n], flops, mem, how))
-            say(f"{mode} {n}: flops and memory measured")
-    machine["load_after"] = _load()
-    return result
+            times[n].append(batch_size * steps / (time.perf_counter() - start))
+            cpu_times[n].append(batch_size * steps / max(time.process_time() - cpu_start, 1e-9))
+            say(f"{mode} round {r + 1}/{rounds} {n}: {times[n][-1]:.1f} img/s, "
+                f"{cpu_times[n][-1]:.1f} img per CPU-s")
+    return times, cpu_times
+
+
+def _peak_memory(name: str, step: Callable[[], None], mode: str, settings: dict[str, Any], dev: torch.device,
+                 memory: bool) -> tuple[int | None, str]:
+    """Peak memory of one model's step and how it was measured; ``(None, "")`` when ``memory`` is off."""
+    if not memory:
+        return None, ""
+    if dev.type == "cuda":
+        _sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        step()
+        _sync(dev)
+        return torch.cuda.max_memory_allocated(dev), "torch.cuda.max_memory_allocated during one step"
+    mem = _cpu_peak_memory(name, settings["model"], mode, settings["batch_size"], settings["num_classes"],
+                           torch.get_num_threads(), settings["overrides"], settings["accelerate"])
+    return mem, "rise of the peak RSS (VmHWM) over the RSS before two full-batch steps, fresh subprocess per model"
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -529,13 +584,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (default: looked up for known GPUs)")
     p.add_argument("--json", type=Path, help="also write all raw numbers to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    p.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
+                   help="TITN's inner blocks on titn_edu.accel's compiled kernel (default: on CPU only)")
     args = p.parse_args(argv)
     try:
         result = run_benchmark(
             model=args.model, num_classes=args.num_classes, device=args.device, batch_size=args.batch_size,
             rounds=args.rounds, steps=args.steps, warmup=args.warmup, modes=args.modes, threads=args.threads,
             amp=args.amp, compile=args.compile, memory=args.memory, peak_tflops=args.peak_tflops,
-            progress=None if args.quiet else lambda line: print(line, flush=True),
+            progress=None if args.quiet else lambda line: print(line, flush=True), accelerate=args.accelerate,
         )
     except (ValueError, ImportError) as err:
         p.error(str(err))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import native
 from .attention import MultiHeadAttention
 from .embeddings import PixelToPatch
 from .layers import DropPath, Mlp
@@ -21,16 +20,12 @@ class TransformerBlock(nn.Module):
 
     with MSA from eq. 2–3, MLP from eq. 4–5 and LN from eq. 6. ``(B, T, dim) -> (B, T, dim)``.
 
-    ``forward(x, rows=...)`` computes only the output tokens ``x[:, rows]`` (every token is still
-    attended to); see :meth:`MultiHeadAttention.forward`.
-
-    On CPU, an inner block over 16 pixel tokens runs as one fused C++ kernel where it applies
-    (:mod:`titn_edu.native`; the same function, 2–4× faster); the operators below are the
-    reference it is tested against. ``fused = False`` (or :func:`titn_edu.set_fast_path`) keeps
-    this block on the operators.
+    Attributes:
+        accelerator: ``None`` (default), or an optional compiled kernel that computes this same
+            block faster: the one place where the library's speed code plugs into the model. It is
+            set only by :func:`titn_edu.accel.accelerate`, and takes over a call only when its
+            ``applies(block, x)`` says so; everything below is the reference it is tested against.
     """
-
-    fused = True  # a class default, so modules pickled before the attribute existed still load
 
     def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -39,14 +34,12 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
+        self.accelerator = None
 
-    def forward(self, x: Tensor, *, rows: slice | list[int] | None = None) -> Tensor:
-        if rows is None and self.fused and native.applies(self, x):
-            return native.inner_block(self, x)
-        if rows is None:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-        else:  # only the rows asked for: the MLP is per token, attention needs all keys and values
-            x = x[:, rows] + self.drop_path(self.attn(self.norm1(x), rows=rows))
+    def forward(self, x: Tensor) -> Tensor:
+        if self.accelerator is not None and self.accelerator.applies(self, x):
+            return self.accelerator(self, x)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -68,40 +61,23 @@ class TITNBlock(nn.Module):
         num_prefix, num_suffix: tokens before / after the patch tokens (class / distillation).
     """
 
-    def __init__(
-        self,
-        *,
-        outer_dim: int,
-        inner_dim: int,
-        num_pixels: int,
-        outer_heads: int,
-        inner_heads: int,
-        mlp_ratio: float = 4.0,
-        drop_path: float = 0.0,
-        inner: bool = True,
-        num_prefix: int = 1,
-        num_suffix: int = 1,
-    ) -> None:
+    def __init__(self, *, outer_dim: int, inner_dim: int, num_pixels: int, outer_heads: int, inner_heads: int,
+                 mlp_ratio: float = 4.0, drop_path: float = 0.0, inner: bool = True, num_prefix: int = 1,
+                 num_suffix: int = 1) -> None:
         super().__init__()
         self.num_prefix, self.num_suffix = num_prefix, num_suffix
         if inner:
             self.inner = TransformerBlock(dim=inner_dim, num_heads=inner_heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
             self.patch_residual = PixelToPatch(num_pixels=num_pixels, inner_dim=inner_dim, outer_dim=outer_dim)
         else:
-            self.inner = None
-            self.patch_residual = None
+            self.inner = self.patch_residual = None
         self.outer = TransformerBlock(dim=outer_dim, num_heads=outer_heads, mlp_ratio=mlp_ratio, drop_path=drop_path)
 
-    def forward(
-        self, pixels: Tensor | None, tokens: Tensor, *, rows: slice | list[int] | None = None
-    ) -> tuple[Tensor | None, Tensor]:
-        """``pixels (B·N, P, c)`` or ``None``, ``tokens (B, T, D)`` -> the same shapes.
-
-        ``rows``: compute only these outer output tokens (``TITN.forward`` uses it in the last block).
-        """
+    def forward(self, pixels: Tensor | None, tokens: Tensor) -> tuple[Tensor | None, Tensor]:
+        """``pixels (B·N, P, c)`` or ``None``, ``tokens (B, T, D)`` -> the same shapes."""
         if self.inner is not None:
             pixels = self.inner(pixels)
             residual = self.patch_residual(pixels, tokens.shape[0])  # (B, N, D)
             # Zero rows for the class token (front) and distillation token (back).
             tokens = tokens + F.pad(residual, (0, 0, self.num_prefix, self.num_suffix))
-        return pixels, self.outer(tokens) if rows is None else self.outer(tokens, rows=rows)
+        return pixels, self.outer(tokens)

@@ -86,7 +86,7 @@ def capture_attention(model: nn.Module, *, detach: bool = True) -> Iterator[Atte
             "it records only those layers."
         )
     maps = AttentionMaps()
-    saved = [(m, m._recorder) for _, m in layers]
+    saved = [(m, m.recorder) for _, m in layers]
 
     def recorder(name: str):
         match = _LAYER.search(name)
@@ -99,8 +99,8 @@ def capture_attention(model: nn.Module, *, detach: bool = True) -> Iterator[Atte
 
     try:
         for name, module in layers:
-            module._recorder = recorder(name)
+            module.recorder = recorder(name)
         yield maps
     finally:
         for module, previous in saved:
-            module._recorder = previous
+            module.recorder = previous

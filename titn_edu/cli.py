@@ -25,97 +25,15 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from .presets import DEFAULTS, PRESETS  # the training presets (also importable from here, as before)
+
 __all__ = ["main", "build_parser", "PRESETS"]
-
-# ----------------------------------------------------------------------------- presets
-_PAPER = dict(
-    model="titn", teacher="vgg16_bn", optimizer="paper", lr=0.1, batch_size=1024, mixing="cutmix", mix_alpha=0.5,
-    distillation="hard", alpha=0.5, tau=1.0, augment=True, preload=False, val_size=5000, warmup_epochs=0.0,
-    teacher_args={}, model_args={}, teacher_optimizer="paper", teacher_lr=0.1, teacher_batch_size=1024,
-    teacher_mixing="cutmix", teacher_limit=None, label_smoothing=0.0, teacher_label_smoothing=None,
-    weight_decay=None, teacher_weight_decay=None, device_data=None, track_test=False,
-)
-
-#: What the CPU recipes (cifar10-quick, titn-mnist, titn-cifar10) share: the ResNet-9 teacher's
-#: optimisation, eq. 10 with label smoothing, crop + flip on whole batches, the test curve.
-_CPU_RECIPE = dict(
-    teacher="resnet9", teacher_optimizer="sgd", teacher_lr=0.2, teacher_batch_size=256, teacher_mixing="none",
-    teacher_limit=None, teacher_weight_decay=5e-4, teacher_label_smoothing=0.2,
-    optimizer="adamw", lr=1e-3, weight_decay=0.05, batch_size=128,
-    mixing="none", mix_alpha=0.5, distillation="hard", alpha=0.5, tau=1.0, label_smoothing=0.1,
-    augment="crop-flip", device_data=True, preload=True, val_size=0, track_test=True,
-)
-
-#: Settings of each ``--preset``; command-line flags override them.
-PRESETS: dict[str, dict[str, Any]] = {
-    # §4.1 + Table 1: TITN student, VGG16-BN teacher trained first, SGD (momentum 0.9, wd 1e-4) lr 0.1
-    # with cosine annealing, batch 1024, CutMix (Beta 0.5), hard distillation with alpha 0.5.
-    # Epochs: the paper reports MNIST after 350 epochs (Fig. 8) and plots 600 epochs on CIFAR (Fig. 4).
-    "paper-mnist": dict(_PAPER, dataset="mnist", epochs=350, teacher_epochs=350),
-    "paper-cifar10": dict(_PAPER, dataset="cifar10", epochs=600, teacher_epochs=600),
-    "paper-cifar100": dict(_PAPER, dataset="cifar100", epochs=600, teacher_epochs=600),
-    # A few minutes on a 2-core CPU: a small CNN teacher (1 epoch), then a small TITN student with
-    # large 16x16 patches of 4x4 "pixels" (the inner transformer does most of the work), hard
-    # distillation, AdamW; no per-image augmentation or CutMix (they slow short runs down).
-    "mnist-quick": dict(
-        dataset="mnist", model="titn-tiny",
-        model_args=dict(patch_size=16, pixel_size=4, outer_dim=96, inner_dim=16, depth=2, outer_heads=3,
-                        inner_heads=2, mlp_ratio=2.0),
-        teacher="cnn-small", teacher_args=dict(width=8), teacher_epochs=1, teacher_optimizer="adamw",
-        teacher_lr=3e-3, teacher_batch_size=64, teacher_mixing="none", teacher_limit=None,
-        epochs=4, optimizer="adamw", lr=3e-3, batch_size=128, warmup_epochs=0.05, mixing="none", mix_alpha=0.5,
-        distillation="hard", alpha=0.5, tau=1.0, augment=False, preload=True, val_size=0,
-    ),
-    # CIFAR-10 in about 30 minutes on a 2-core CPU, teacher included (README, "CIFAR-10 on a CPU"): a
-    # ResNet-9 teacher of width 16 (5 epochs), then the paper's TITN (8x8 patches of 2x2 pixels, dims
-    # 192/12) with 4 blocks and MLP ratio 2, distilled with eq. 10 on all 50,000 images. Short runs
-    # learn fastest with small batches, light augmentation (crop + flip, whole batches at once) and no
-    # CutMix; label smoothing on the label term. The test set is scored after every epoch for the
-    # accuracy-versus-time curve only (the last epoch is the result; nothing is picked by test score).
-    "cifar10-quick": dict(
-        _CPU_RECIPE, dataset="cifar10", model="titn",
-        model_args=dict(patch_size=8, pixel_size=2, outer_dim=192, inner_dim=12, depth=4, outer_heads=3,
-                        inner_heads=2, mlp_ratio=2.0),
-        teacher_args=dict(width=16), teacher_epochs=5, epochs=24, warmup_epochs=1.0,
-    ),
-    # The shipped titn-mnist and teacher-mnist (titn_edu.load_pretrained; README, "Trained models"):
-    # the cifar10-quick recipe on MNIST with a smaller student (4 blocks of width 128) and more epochs.
-    # The paper's MNIST augmentation (small rotations, shifts and scalings, §3.4): with crop only, 20
-    # epochs stopped at 99.14 % (benchmarks/results/titn_mnist_seed0.json), the last epochs flat.
-    "titn-mnist": dict(
-        _CPU_RECIPE, dataset="mnist", model="titn",
-        model_args=dict(patch_size=8, pixel_size=2, outer_dim=128, inner_dim=12, depth=4, outer_heads=2,
-                        inner_heads=2, mlp_ratio=2.0),
-        teacher="resnet9", teacher_args=dict(width=16), teacher_epochs=4, epochs=30, warmup_epochs=1.0,
-        augment="paper",
-    ),
-    # The shipped titn-cifar10 and teacher-cifar10: the cifar10-quick student trained for long, with the
-    # paper's augmentations and its hybrid CutMix + distillation loss, stochastic depth, and a wider
-    # ResNet-9 teacher. Hours on a CPU: run it in slices (--time-limit, then --resume), or on a GPU.
-    "titn-cifar10": dict(
-        _CPU_RECIPE, dataset="cifar10", model="titn",
-        model_args=dict(patch_size=8, pixel_size=2, outer_dim=192, inner_dim=12, depth=6, outer_heads=3,
-                        inner_heads=2, mlp_ratio=2.0, drop_path=0.1),
-        teacher_args=dict(width=24), teacher_epochs=40, epochs=150, warmup_epochs=5.0, mixing="cutmix",
-        augment="paper",
-    ),
-}
-
-#: Settings used without ``--preset`` (then ``--dataset`` is required).
-DEFAULTS: dict[str, Any] = dict(
-    model="titn", model_args={}, teacher="none", teacher_args={}, teacher_epochs=None, teacher_optimizer=None,
-    teacher_lr=None, teacher_batch_size=None, teacher_mixing=None, teacher_limit=None,
-    epochs=10, optimizer="adamw", lr=None, batch_size=None, warmup_epochs=None, mixing="cutmix", mix_alpha=0.5,
-    distillation="hard", alpha=0.5, tau=1.0, augment=True, preload=False, val_size=0,
-    label_smoothing=0.0, teacher_label_smoothing=None, weight_decay=None, teacher_weight_decay=None,
-    device_data=None, track_test=False,
-)
-
 
 # ----------------------------------------------------------------------------- argument types
 def _int_at_least(minimum: int, what: str):
@@ -204,9 +122,7 @@ def _device(text: str) -> str:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .model import list_models
-
+    """The parser of ``titn-edu``: the commands ``train``, ``evaluate``, ``data export`` (and ``bench``)."""
     parser = argparse.ArgumentParser(
         prog="titn-edu",
         description="Train and evaluate TITN (Transformer-in-Transformer with knowledge distillation) models.",
@@ -216,10 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     # (only listed here; `titn-edu bench ...` is handed to titn_edu.bench.main, which has its own options)
     sub.add_parser("bench", add_help=False,
                    help="throughput and memory of TITN against timm's TNT (titn-edu bench --help)")
-
-    # --- train
     tr = sub.add_parser("train", help="train a teacher, then a TITN student with distillation",
                         description="Train a teacher (if one is named), then the student; see the presets.")
+    _add_model_flags(tr)
+    _add_recipe_flags(tr)
+    _add_run_flags(tr)
+    _add_evaluate_command(sub)
+    _add_data_command(sub)
+    return parser
+
+
+def _add_model_flags(tr: argparse.ArgumentParser) -> None:
+    """``train``: what to train (a preset, or the dataset, the student and the teacher)."""
+    from .data import DATASETS
+    from .model import list_models
+
     tr.add_argument("--preset", choices=sorted(PRESETS), help="a ready configuration (flags override its values)")
     tr.add_argument("--dataset", choices=DATASETS, help="dataset (required without --preset)")
     tr.add_argument("--model", choices=list_models(), help="student model (build_model name)")
@@ -229,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "a checkpoint (.pt or run folder) to load, or 'none'")
     tr.add_argument("--teacher-arg", dest="teacher_args", type=_key_value, action="append", default=[],
                     metavar="KEY=VALUE", help="override a teacher constructor argument, e.g. --teacher-arg width=32")
+
+
+def _add_recipe_flags(tr: argparse.ArgumentParser) -> None:
+    """``train``: how to train (each flag overrides the preset's value)."""
     tr.add_argument("--teacher-epochs", type=_int_at_least(1, "--teacher-epochs"), help="epochs to train the teacher")
     tr.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="epochs to train the student")
     tr.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="student batch size")
@@ -253,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--track-test", action=argparse.BooleanOptionalAction, default=None,
                     help="evaluate the test set after every epoch, for the accuracy-versus-time curve only "
                          "(never used to pick a checkpoint)")
+
+
+def _add_run_flags(tr: argparse.ArgumentParser) -> None:
+    """``train``: where and how long to run, where the data and the results go."""
     tr.add_argument("--time-limit", type=_positive_float("--time-limit"), metavar="MINUTES",
                     help="stop after the epoch that passes this many minutes, keeping last.pt; continue "
                          "later with --resume (training in slices; exit code 75)")
@@ -261,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU threads for PyTorch; auto = the cores not already busy (default)")
     tr.add_argument("--num-workers", type=_int_at_least(0, "--num-workers"), default=0, help="DataLoader workers")
     tr.add_argument("--compile", action="store_true", help="torch.compile the student (CUDA)")
+    tr.add_argument("--accelerate", action=argparse.BooleanOptionalAction, default=None,
+                    help="run the student's inner blocks on the compiled CPU kernel of titn_edu.accel, same "
+                         "results (default: on CPU)")
     tr.add_argument("--device-data", action=argparse.BooleanOptionalAction, default=None,
                     help="keep the training images on the device and augment whole batches there "
                          "(titn_edu.DeviceLoader; default: on CUDA only; not with preloaded data)")
@@ -274,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, help="random seed (default 0)")
     tr.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
-    # --- evaluate
+
+def _add_evaluate_command(sub: Any) -> None:
+    """``titn-edu evaluate CHECKPOINT``: Table 3's metrics of a checkpoint on a test set."""
+    from .data import DATASETS
+
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on a test set (Table 3 metrics)")
     ev.add_argument("checkpoint", help="a .pt checkpoint or a run folder (best.pt, else last.pt)")
     ev.add_argument("--dataset", choices=DATASETS, help="dataset (default: the one the checkpoint was trained on)")
@@ -288,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="download missing data (default: only when not found locally)")
     ev.add_argument("--output", help="write metrics.json into this folder")
 
-    # --- data
+
+def _add_data_command(sub: Any) -> None:
+    """``titn-edu data export NAME``: stage a dataset for offline machines."""
+    from .data import DATASETS
+
     da = sub.add_parser("data", help="dataset utilities")
     dsub = da.add_subparsers(dest="data_command", metavar="{export}")
     dsub.required = True
@@ -300,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                     help="download if missing (default: only when not found)")
     ex.add_argument("--splits", nargs="+", choices=["train", "test"], default=["train", "test"])
-    return parser
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -472,44 +417,78 @@ def _train_stage(model, train, val, *, out: Path, resume: bool, **kwargs):
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``titn-edu train``: the teacher (trained here, loaded or none), then the student, then metrics.json."""
     start = time.perf_counter()
-    from . import __version__
-    from .checkpoint import load_model
-    from .data import IN_CHANS, NUM_CLASSES, ImageArrayDataset
-    from .device_data import DeviceLoader
-    from .losses import TITNLoss
-    from .model import build_model
-    from .teachers import build_teacher
-    from .train import evaluate
     from .utils import resolve_device, save_json, seed_everything
 
-    resumed = None
-    if args.resume:
-        run = Path(args.resume).expanduser()
-        saved = run / "metrics.json"
-        if not run.is_dir() or not (saved.is_file() or (run / "student").is_dir() or (run / "teacher").is_dir()):
-            parser.error(f"--resume {args.resume!r}: no titn-edu run folder there (expected teacher/, student/ or metrics.json)")
-        if saved.is_file():
-            resumed = json.loads(saved.read_text()).get("config")
-        if args.output and Path(args.output).expanduser().resolve() != run.resolve():
-            parser.error("--resume continues a run in its own folder; drop --output or give the same folder")
-        args.output = str(run)
-    s = _settings(args, parser, resumed)
+    s = _settings(args, parser, _resumed_settings(args, parser))
     if not args.output:
         parser.error("train needs --output DIR (where checkpoints and metrics.json go)")
     teacher_kind, teacher_ref = _resolve_teacher(s["teacher"], parser)
-    if teacher_kind == "pretrained":
-        from .pretrained import pretrained_info
-
-        trained_on = pretrained_info(teacher_ref)["dataset"]
-        if trained_on != s["dataset"]:
-            parser.error(f"--teacher {PRETRAINED_PREFIX}{teacher_ref} was trained on {trained_on}, not {s['dataset']}")
+    _check_shipped_teacher(teacher_kind, teacher_ref, s["dataset"], parser)
     out = Path(args.output).expanduser()
     device = resolve_device(args.device)
     threads = _set_threads(args.threads, device)
     seed_everything(s["seed"])
-    name = s["dataset"]
-    num_classes, in_chans = NUM_CLASSES[name], IN_CHANS[name]
+    student, teacher = _build_models(s, teacher_kind, teacher_ref, parser)
+    out.mkdir(parents=True, exist_ok=True)
+    record = _new_record(args, s, out, device, threads)
+    save_json(out / "metrics.json", record)  # the settings are on disk from the start (for --resume)
+
+    train, val, test = _datasets(s, args.data_root, args.download)
+    _say(f"{s['dataset']}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test "
+         f"images; device {device}, {threads} thread(s)")
+    device_data = _use_device_data(args.device_data, s.get("device_data"), device, train)
+    record["config"]["device_data"] = device_data
+    record["config"]["accelerate"] = device.type == "cpu" if args.accelerate is None else args.accelerate
+    stage = _Stages(args, s, out, device, record, train, val, test, start, device_data)
+    teacher, history = _teacher_stage(stage, teacher_kind, teacher_ref, teacher)
+    if history is not None and history.status != "completed":
+        return _stopped(record, history, out, "teacher")
+    if teacher is not None:
+        record["teacher"] = _teacher_row(teacher, teacher_kind, teacher_ref, test, device)
+        _say(_summary("teacher", record["teacher"]))
+    student, history = _student_stage(stage, student, teacher)
+    if history.status != "completed":
+        return _stopped(record, history, out, "student")
+    _finish_run(stage, student, teacher_kind, teacher_ref)
+    return 0
+
+
+def _resumed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any] | None:
+    """With ``--resume DIR``: the run's saved settings (if it saved them) and ``--output DIR``; else ``None``."""
+    if not args.resume:
+        return None
+    run = Path(args.resume).expanduser()
+    saved = run / "metrics.json"
+    if not run.is_dir() or not (saved.is_file() or (run / "student").is_dir() or (run / "teacher").is_dir()):
+        parser.error(f"--resume {args.resume!r}: no titn-edu run folder there (expected teacher/, student/ or metrics.json)")
+    resumed = json.loads(saved.read_text()).get("config") if saved.is_file() else None
+    if args.output and Path(args.output).expanduser().resolve() != run.resolve():
+        parser.error("--resume continues a run in its own folder; drop --output or give the same folder")
+    args.output = str(run)
+    return resumed
+
+
+def _check_shipped_teacher(kind: str, ref: Any, dataset: str, parser: argparse.ArgumentParser) -> None:
+    """A shipped teacher (``--teacher pretrained:NAME``) must have been trained on the run's dataset."""
+    if kind != "pretrained":
+        return
+    from .pretrained import pretrained_info
+
+    trained_on = pretrained_info(ref)["dataset"]
+    if trained_on != dataset:
+        parser.error(f"--teacher {PRETRAINED_PREFIX}{ref} was trained on {trained_on}, not {dataset}")
+
+
+def _build_models(s: dict[str, Any], teacher_kind: str, teacher_ref: Any,
+                  parser: argparse.ArgumentParser) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The (untrained) student, and the teacher when it is trained here (``--teacher NAME``), else ``None``."""
+    from .data import IN_CHANS, NUM_CLASSES
+    from .model import build_model
+    from .teachers import build_teacher
+
+    num_classes, in_chans = NUM_CLASSES[s["dataset"]], IN_CHANS[s["dataset"]]
     try:
         student = build_model(s["model"], num_classes=num_classes, in_chans=in_chans, **s["model_args"])
     except (TypeError, ValueError) as err:
@@ -520,107 +499,170 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             teacher = build_teacher(teacher_ref, num_classes=num_classes, in_chans=in_chans, **s["teacher_args"])
         except (TypeError, ValueError) as err:
             parser.error(f"cannot build the teacher {teacher_ref!r}: {err}")
-    out.mkdir(parents=True, exist_ok=True)
+    return student, teacher
 
-    record: dict[str, Any] = {"config": dict(s, output=str(out), device=str(device), threads=threads),
-                              "command": " ".join(["titn-edu", *map(shlex.quote, getattr(args, "argv", []))]),
-                              "started_at": time.time(), "machine": _machine(),
-                              "versions": {"titn_edu": __version__, "torch": str(torch.__version__),
-                                           "python": platform.python_version()},
-                              "status": "running"}
-    save_json(out / "metrics.json", record)  # the settings are on disk from the start (for --resume)
 
-    train, val, test = _datasets(s, args.data_root, args.download)
-    _say(f"{name}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test images; "
-         f"device {device}, {threads} thread(s)")
-    common = dict(device=device, progress=args.progress, num_workers=args.num_workers,
-                  test_data=test if s.get("track_test") else None, callbacks=_time_limit(args.time_limit, start))
-    device_data = args.device_data if args.device_data is not None else s.get("device_data")
-    device_data = device.type == "cuda" if device_data is None else device_data
-    if device_data and not isinstance(train, ImageArrayDataset):  # preloaded (mnist-quick): nothing to augment
-        if args.device_data:
-            _say("--device-data: the training images are preloaded as floats (no augmentation); using them as they are")
-        device_data = False
-    record["config"]["device_data"] = device_data
+def _new_record(args: argparse.Namespace, s: dict[str, Any], out: Path, device: torch.device,
+                threads: int) -> dict[str, Any]:
+    """The start of metrics.json: the settings, the command, the machine and the versions."""
+    from . import __version__
 
-    def feed(data: Any, batch_size: int, limit: int | None = None) -> Any:
+    return {"config": dict(s, output=str(out), device=str(device), threads=threads),
+            "command": " ".join(["titn-edu", *map(shlex.quote, getattr(args, "argv", []))]),
+            "started_at": time.time(), "machine": _machine(),
+            "versions": {"titn_edu": __version__, "torch": str(torch.__version__),
+                         "python": platform.python_version()},
+            "status": "running"}
+
+
+@dataclass
+class _Stages:
+    """What the teacher and student stages of ``titn-edu train`` share."""
+
+    args: argparse.Namespace
+    s: dict[str, Any]  # the settings (preset < defaults < flags)
+    out: Path  # the run folder
+    device: torch.device
+    record: dict[str, Any]  # metrics.json, filled in as the run goes
+    train: Any
+    val: Any
+    test: Any
+    start: float  # time.perf_counter() when the command started (for --time-limit)
+    device_data: bool  # the training images live on the device (DeviceLoader)
+
+    def fit_options(self) -> dict[str, Any]:
+        """``fit``'s arguments common to both stages."""
+        return dict(device=self.device, progress=self.args.progress, num_workers=self.args.num_workers,
+                    test_data=self.test if self.s.get("track_test") else None,
+                    callbacks=_time_limit(self.args.time_limit, self.start))
+
+    def feed(self, batch_size: int, limit: int | None = None) -> Any:
         """The training data as fit gets it: a DeviceLoader (--device-data) or the dataset itself."""
+        from .data import ImageArrayDataset
+        from .device_data import DeviceLoader
+
+        data = self.train
         if limit is not None and limit < len(data):
             data = data.subset(range(limit)) if isinstance(data, ImageArrayDataset) else torch.utils.data.Subset(data, range(limit))
-        if device_data and isinstance(data, ImageArrayDataset):
-            return DeviceLoader(data, name, batch_size=batch_size, train=True, augment=s["augment"], device=device)
+        if self.device_data and isinstance(data, ImageArrayDataset):
+            return DeviceLoader(data, self.s["dataset"], batch_size=batch_size, train=True, augment=self.s["augment"],
+                                device=self.device)
         return data
 
-    # ---- teacher
-    teacher_row = None
-    if teacher_kind == "checkpoint":
-        teacher = load_model(teacher_ref)
-        _say(f"teacher: loaded {teacher_ref}")
-    elif teacher_kind == "pretrained":
+
+def _use_device_data(flag: bool | None, preset: bool | None, device: torch.device, train: Any) -> bool:
+    """Whether the training images live on the device (--device-data; default: the preset's, else on CUDA)."""
+    from .data import ImageArrayDataset
+
+    device_data = flag if flag is not None else preset
+    device_data = device.type == "cuda" if device_data is None else device_data
+    if device_data and not isinstance(train, ImageArrayDataset):  # preloaded (mnist-quick): nothing to augment
+        if flag:
+            _say("--device-data: the training images are preloaded as floats (no augmentation); using them as they are")
+        device_data = False
+    return device_data
+
+
+def _teacher_stage(stage: _Stages, kind: str, ref: Any, teacher: torch.nn.Module | None) -> tuple[Any, Any]:
+    """The teacher: loaded (a checkpoint, a shipped model), trained here (a name) or none.
+
+    Returns ``(teacher, history)``; ``history`` is that of the training here, else ``None``.
+    """
+    from .checkpoint import load_model
+    from .losses import TITNLoss
+
+    if kind == "checkpoint":
+        teacher = load_model(ref)
+        _say(f"teacher: loaded {ref}")
+        return teacher, None
+    if kind == "pretrained":
         from .pretrained import load_pretrained
 
-        teacher = load_pretrained(teacher_ref)
-        _say(f"teacher: the shipped {teacher_ref}")
-    elif teacher is not None:
-        t_start = time.perf_counter()
-        t_batch = s.get("teacher_batch_size") or s["batch_size"]
-        t_train = feed(train, t_batch, s.get("teacher_limit"))
-        _say(f"teacher: training {teacher_ref} for {s['teacher_epochs'] or s['epochs']} epoch(s)")
-        history = _train_stage(
-            teacher, t_train, val, out=out / "teacher", resume=bool(args.resume),
-            epochs=s["teacher_epochs"] or s["epochs"], optimizer=s.get("teacher_optimizer") or s["optimizer"],
-            lr=s.get("teacher_lr") or s["lr"], batch_size=t_batch,
-            weight_decay=_first(s.get("teacher_weight_decay"), s.get("weight_decay")),
-            loss=TITNLoss(label_smoothing=_first(s.get("teacher_label_smoothing"), s.get("label_smoothing"), 0.0)),
-            mixing=s.get("teacher_mixing") or s["mixing"], mix_alpha=s["mix_alpha"],
-            warmup_epochs=s["warmup_epochs"], run_info={"dataset": name, "role": "teacher"}, **common,
-        )
-        record["teacher_history"] = history.to_dict()
-        if history.status != "completed":
-            return _stopped(record, history, out, "teacher")
-        if val is not None and (out / "teacher" / "best.pt").is_file():
-            teacher = load_model(out / "teacher" / "best.pt")
-        record["teacher_train_seconds"] = time.perf_counter() - t_start
-    if teacher is not None:
-        teacher_row = _metrics_row(evaluate(teacher, test, device=device))
-        teacher_row["name"] = {"name": teacher_ref, "pretrained": f"{PRETRAINED_PREFIX}{teacher_ref}"}.get(
-            teacher_kind, str(teacher_ref))
-        record["teacher"] = teacher_row
-        _say(_summary("teacher", teacher_row))
+        teacher = load_pretrained(ref)
+        _say(f"teacher: the shipped {ref}")
+        return teacher, None
+    if teacher is None:
+        return None, None
+    s, out, t_start = stage.s, stage.out / "teacher", time.perf_counter()
+    t_batch = s.get("teacher_batch_size") or s["batch_size"]
+    t_train = stage.feed(t_batch, s.get("teacher_limit"))
+    _say(f"teacher: training {ref} for {s['teacher_epochs'] or s['epochs']} epoch(s)")
+    history = _train_stage(
+        teacher, t_train, stage.val, out=out, resume=bool(stage.args.resume),
+        epochs=s["teacher_epochs"] or s["epochs"], optimizer=s.get("teacher_optimizer") or s["optimizer"],
+        lr=s.get("teacher_lr") or s["lr"], batch_size=t_batch,
+        weight_decay=_first(s.get("teacher_weight_decay"), s.get("weight_decay")),
+        loss=TITNLoss(label_smoothing=_first(s.get("teacher_label_smoothing"), s.get("label_smoothing"), 0.0)),
+        mixing=s.get("teacher_mixing") or s["mixing"], mix_alpha=s["mix_alpha"],
+        warmup_epochs=s["warmup_epochs"], run_info={"dataset": s["dataset"], "role": "teacher"}, **stage.fit_options(),
+    )
+    stage.record["teacher_history"] = history.to_dict()
+    if history.status != "completed":
+        return teacher, history
+    if stage.val is not None and (out / "best.pt").is_file():
+        teacher = load_model(out / "best.pt")
+    stage.record["teacher_train_seconds"] = time.perf_counter() - t_start
+    return teacher, history
 
-    # ---- student
-    s_start = time.perf_counter()
+
+def _teacher_row(teacher: torch.nn.Module, kind: str, ref: Any, test: Any, device: torch.device) -> dict[str, Any]:
+    """The teacher's test metrics for metrics.json, with its name."""
+    from .train import evaluate
+
+    row = _metrics_row(evaluate(teacher, test, device=device))
+    row["name"] = {"name": ref, "pretrained": f"{PRETRAINED_PREFIX}{ref}"}.get(kind, str(ref))
+    return row
+
+
+def _student_stage(stage: _Stages, student: torch.nn.Module, teacher: torch.nn.Module | None) -> tuple[Any, Any]:
+    """Train the student (with distillation when there is a teacher); return ``(student, history)``."""
+    from .checkpoint import load_model
+    from .losses import TITNLoss
+
+    s, out, s_start = stage.s, stage.out / "student", time.perf_counter()
+    if stage.record["config"]["accelerate"]:
+        from .accel import accelerate
+
+        accelerate(student)
     _say(f"student: training {s['model']} for {s['epochs']} epoch(s)" + (" with distillation" if teacher is not None else ""))
     loss = TITNLoss(alpha=s["alpha"], distillation=s["distillation"], tau=s["tau"],
                     label_smoothing=s.get("label_smoothing") or 0.0)
     history = _train_stage(
-        student, feed(train, s["batch_size"]), val, out=out / "student", resume=bool(args.resume), epochs=s["epochs"],
-        teacher=teacher, teacher_bf16=args.teacher_bf16, weight_decay=s.get("weight_decay"),
+        student, stage.feed(s["batch_size"]), stage.val, out=out, resume=bool(stage.args.resume), epochs=s["epochs"],
+        teacher=teacher, teacher_bf16=stage.args.teacher_bf16, weight_decay=s.get("weight_decay"),
         loss=loss, optimizer=s["optimizer"], lr=s["lr"], batch_size=s["batch_size"], mixing=s["mixing"],
-        mix_alpha=s["mix_alpha"], warmup_epochs=s["warmup_epochs"], compile=args.compile,
-        run_info={"dataset": name, "role": "student"}, **common,
+        mix_alpha=s["mix_alpha"], warmup_epochs=s["warmup_epochs"], compile=stage.args.compile,
+        run_info={"dataset": s["dataset"], "role": "student"}, **stage.fit_options(),
     )
-    record["history"] = history.to_dict()
+    stage.record["history"] = history.to_dict()
     if history.status != "completed":
-        return _stopped(record, history, out, "student")
-    record["student_train_seconds"] = time.perf_counter() - s_start
-    if val is not None and (out / "student" / "best.pt").is_file():
-        student = load_model(out / "student" / "best.pt")
-    row = _metrics_row(evaluate(student, test, device=device))
+        return student, history
+    stage.record["student_train_seconds"] = time.perf_counter() - s_start
+    if stage.val is not None and (out / "best.pt").is_file():
+        student = load_model(out / "best.pt")
+    return student, history
+
+
+def _finish_run(stage: _Stages, student: torch.nn.Module, teacher_kind: str, teacher_ref: Any) -> None:
+    """Score the trained student on the test set and complete metrics.json."""
+    from .train import evaluate
+    from .utils import save_json
+
+    out, record, best_or_last = stage.out, stage.record, "best.pt" if stage.val is not None else "last.pt"
+    row = _metrics_row(evaluate(student, stage.test, device=stage.device))
     record.update(row)
     record["checkpoints"] = {
-        "student": str(out / "student" / ("best.pt" if val is not None else "last.pt")),
-        "teacher": (str(out / "teacher" / ("best.pt" if val is not None else "last.pt")) if teacher_kind == "name"
+        "student": str(out / "student" / best_or_last),
+        "teacher": (str(out / "teacher" / best_or_last) if teacher_kind == "name"
                     else {"checkpoint": str(teacher_ref), "pretrained": f"{PRETRAINED_PREFIX}{teacher_ref}"}.get(
                         teacher_kind)),
     }
     record["status"] = "completed"
-    record["wall_seconds"] = time.perf_counter() - start
+    record["wall_seconds"] = time.perf_counter() - stage.start
     record["timeline"] = _timeline(record)
     save_json(out / "metrics.json", record)
     _say(_summary("student", row))
     _say(f"wall time {record['wall_seconds']:.1f} s; metrics in {out / 'metrics.json'}")
-    return 0
 
 
 #: Exit code of a run stopped by ``--time-limit``: not finished, continue it with ``--resume``.

@@ -1,6 +1,6 @@
 """Helpers for the course's training notebooks (07-10): one code path for the CPU budget and the paper run.
 
-A *preset* is a dict of training settings as in ``titn_edu.cli.PRESETS`` (``titn-edu train --preset NAME``):
+A *preset* is a dict of training settings as in ``titn_edu.presets.PRESETS`` (``titn-edu train --preset NAME``):
 ``dataset``, ``model``/``model_args``, ``teacher``/``teacher_args``, ``teacher_epochs``, ``teacher_optimizer``,
 ``teacher_lr``, ``teacher_batch_size``, ``teacher_mixing``, ``epochs``, ``optimizer``, ``lr``, ``batch_size``,
 ``warmup_epochs``, ``mixing``, ``mix_alpha``, ``distillation``, ``alpha``, ``tau``, ``augment``. A notebook
@@ -49,12 +49,10 @@ _REQUIRED = ("dataset", "model", "epochs", "optimizer", "batch_size", "mixing", 
 
 
 def get_preset(name: str) -> dict[str, Any]:
-    """A copy of the settings of ``titn-edu train --preset NAME`` (``titn_edu.cli.PRESETS``)."""
-    from .cli import DEFAULTS, PRESETS
+    """A copy of the settings of ``titn-edu train --preset NAME`` (:func:`titn_edu.presets.get_preset`)."""
+    from .presets import get_preset as preset_settings
 
-    if not isinstance(name, str) or name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    return {**DEFAULTS, **PRESETS[name], "preset": name}
+    return preset_settings(name)
 
 
 def _check_preset(preset: Any) -> dict[str, Any]:
@@ -274,13 +272,13 @@ def continue_training(preset: dict[str, Any], student: nn.Module, train_data: An
     Returns the :class:`~titn_edu.train.History`; the student is left in ``eval()`` mode.
     """
     from .losses import TITNLoss
-    from .train import OPTIMIZER_PRESETS, fit
+    from .presets import optimizer_preset
+    from .train import fit
 
     preset = _check_preset(preset)
     if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not 0 < lr_scale <= 1:
         raise ValueError(f"lr_scale must be a number in (0, 1]; got {lr_scale!r}.")
-    key = {"sgd": "paper"}.get(preset["optimizer"], preset["optimizer"])
-    base_lr = preset.get("lr") or OPTIMIZER_PRESETS[key]["lr"]
+    base_lr = preset.get("lr") or optimizer_preset(preset["optimizer"])["lr"]
     loss = TITNLoss(alpha=preset["alpha"], distillation=preset["distillation"], tau=preset.get("tau", 1.0),
                     label_smoothing=preset.get("label_smoothing") or 0.0)
     settings = dict(epochs=epochs, teacher=teacher, loss=loss, optimizer=preset["optimizer"], lr=base_lr * lr_scale,

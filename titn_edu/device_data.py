@@ -2,7 +2,7 @@
 
 The standard path (:func:`titn_edu.data.get_transforms` in a ``DataLoader``) augments one image at
 a time in Python: 1,870 (MNIST) and 2,672 (CIFAR-10) images per second on a 2-core CPU
-(``python benchmarks/data_path.py``, docs/benchmarks.md), which caps every training step at that
+(``python benchmarks/data_path.py``, docs/performance.md), which caps every training step at that
 rate, however fast the GPU. :class:`DeviceLoader` instead
 
 * copies the split once to the device as ``uint8`` (CIFAR-10's 50,000 images: 150 MB),

@@ -11,8 +11,6 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .linear import Linear
-
 __all__ = ["patchify", "pixelify", "PatchEmbed", "PixelEmbed", "PixelToPatch"]
 
 
@@ -65,7 +63,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, *, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = Linear(patch_size * patch_size * in_chans, dim)
+        self.proj = nn.Linear(patch_size * patch_size * in_chans, dim)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.proj(patchify(images, self.patch_size))
@@ -84,7 +82,7 @@ class PixelEmbed(nn.Module):
         self.patch_size = patch_size
         self.pixel_size = pixel_size
         self.num_pixels = (patch_size // pixel_size) ** 2
-        self.proj = Linear(pixel_size * pixel_size * in_chans, dim)
+        self.proj = nn.Linear(pixel_size * pixel_size * in_chans, dim)
         self.pixel_pos = nn.Parameter(torch.zeros(1, self.num_pixels, dim))
 
     def forward(self, images: Tensor) -> Tensor:
@@ -102,7 +100,7 @@ class PixelToPatch(nn.Module):
     def __init__(self, *, num_pixels: int, inner_dim: int, outer_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(num_pixels * inner_dim)
-        self.proj = Linear(num_pixels * inner_dim, outer_dim)
+        self.proj = nn.Linear(num_pixels * inner_dim, outer_dim)
 
     def forward(self, pixels: Tensor, batch_size: int) -> Tensor:
         flat = rearrange(pixels, "(b n) p c -> b n (p c)", b=batch_size)

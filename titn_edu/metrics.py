@@ -16,13 +16,17 @@ Conventions:
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["topk_accuracy", "topk_correct", "confusion_matrix", "precision_recall_f1", "count_flops"]
+from .attention import MultiHeadAttention
+
+__all__ = ["topk_accuracy", "topk_correct", "confusion_matrix", "precision_recall_f1", "count_flops",
+           "written_out_attention"]
 
 
 def _as_labels(targets: Tensor) -> Tensor:
@@ -108,7 +112,9 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
     """GFLOPs of one forward pass per image (FLOPs = 2 × multiply-adds; see the module docstring).
 
     ``input_shape`` is one image ``(C, H, W)`` or a batch ``(B, C, H, W)`` (divided by ``B``). The
-    model is run once in ``eval()`` mode on zeros; its training mode is restored afterwards.
+    model is run once in ``eval()`` mode on zeros, with attention written out as eq. 1
+    (:class:`FlopCounterMode` does not see inside PyTorch's fused CPU attention kernel); its
+    training mode and attention paths are restored afterwards.
     """
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 3:
@@ -121,8 +127,26 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> float:
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with written_out_attention(model), FlopCounterMode(display=False) as counter:
             model(torch.zeros(shape, device=device, dtype=dtype))
     finally:
         model.train(was_training)
     return counter.get_total_flops() / shape[0] / 1e9
+
+
+@contextmanager
+def written_out_attention(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every :class:`~titn_edu.MultiHeadAttention` of ``model`` computes eq. 1 written out.
+
+    For counting FLOPs: the same function, but as matrix products that :class:`FlopCounterMode`
+    sees. Each layer's ``fused`` setting is restored on exit.
+    """
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    saved = [m.fused for m in layers]
+    for m in layers:
+        m.fused = False
+    try:
+        yield model
+    finally:
+        for m, fused in zip(layers, saved):
+            m.fused = fused

@@ -21,10 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
-from .blocks import TITNBlock, TransformerBlock
+from .blocks import TITNBlock
 from .embeddings import PatchEmbed, PixelEmbed, PixelToPatch
-from .layers import Mlp
-from .linear import Linear
 
 __all__ = ["TITN", "build_model", "list_models", "MODEL_PRESETS", "count_parameters", "set_fast_path"]
 
@@ -114,12 +112,8 @@ class TITN(nn.Module):
             for rate in rates
         )
         self.norm = nn.LayerNorm(outer_dim)
-        self.head = Linear(outer_dim, num_classes)
-        self.head_dist = Linear(outer_dim, num_classes) if distill else None
-        #: ``forward`` computes the last block's outer tokens only where the heads read them (class,
-        #: distillation): the same logits for about 5 % less work. ``False``: every token, as
-        #: ``forward_features`` always does (e.g. for a forward hook on the last block).
-        self.prune_last_block = True
+        self.head = nn.Linear(outer_dim, num_classes)
+        self.head_dist = nn.Linear(outer_dim, num_classes) if distill else None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -223,23 +217,15 @@ class TITN(nn.Module):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` -> normalised outer tokens ``(B, T, D)`` (class first, distillation last)."""
-        return self._features(images, rows=None)
-
-    def _features(self, images: Tensor, *, rows: slice | list[int] | None) -> Tensor:
         self.check_input(images)
         pixels, tokens = self.embed(images)
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            pixels, tokens = block(pixels, tokens) if i != last or rows is None else block(pixels, tokens, rows=rows)
+        for block in self.blocks:
+            pixels, tokens = block(pixels, tokens)
         return self.norm(tokens)
 
-    def head_token_rows(self) -> slice | list[int]:
-        """Outer tokens the heads read: the class token, and the distillation token (last) when there is one."""
-        return [0, self.num_tokens - 1] if self.distill else slice(0, 1)
-
     def forward_head(self, tokens: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """Outer tokens ``(B, T, D)`` (or only the head tokens, ``(B, 1 or 2, D)``) -> logits, as described
-        in the class docstring: the class head reads the first token, the distillation head the last."""
+        """Outer tokens ``(B, T, D)`` -> logits, as described in the class docstring: the class head reads
+        the first token, the distillation head the last."""
         logits = self.head(tokens[:, 0])
         if self.head_dist is None:
             return logits
@@ -249,26 +235,8 @@ class TITN(nn.Module):
         return (logits + logits_dist) / 2
 
     def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        """Images -> logits: ``forward_head(forward_features(images))``.
-
-        With ``prune_last_block`` (default) the last block computes only the tokens of
-        :meth:`head_token_rows`; every other token still takes part in its attention, so the
-        logits are the same (``tests/test_fast_path.py``). While :func:`titn_edu.capture_attention`
-        records, every token is computed.
-        """
-        rows = self.head_token_rows() if self._prunable() else None
-        return self.forward_head(self._features(images, rows=rows))
-
-    def _prunable(self) -> bool:
-        """The last block is the library's own (not swapped for another module) and nothing records it."""
-        last = self.blocks[-1]
-        return (
-            self.prune_last_block
-            and isinstance(last, TITNBlock)
-            and isinstance(last.outer, TransformerBlock)
-            and isinstance(last.outer.attn, MultiHeadAttention)
-            and last.outer.attn._recorder is None
-        )
+        """Images -> logits: ``forward_head(forward_features(images))``."""
+        return self.forward_head(self.forward_features(images))
 
     def extra_repr(self) -> str:
         kind = {(False, False): "ViT", (False, True): "DeiT", (True, False): "TNT", (True, True): "TITN"}
@@ -322,22 +290,18 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
 
 
 def set_fast_path(model: nn.Module, enabled: bool) -> nn.Module:
-    """Switch every fast path in ``model`` on or off; returns ``model``.
+    """Switch every attention layer in ``model`` between its fast path and eq. 1 written out; returns ``model``.
 
-    Off is the reference the fast paths are tested against: explicit attention (eq. 1 written
-    out, :attr:`MultiHeadAttention.fused`), :func:`torch.nn.functional.linear` for every
-    fully connected layer (:attr:`titn_edu.linear.Linear.fused`), the inner blocks on PyTorch
-    operators rather than the fused kernel (:attr:`TransformerBlock.fused`, :mod:`titn_edu.native`),
-    the MLPs' first layer and GELU as two modules (:attr:`Mlp.fused`) and every token computed in
-    the last block (:attr:`TITN.prune_last_block`). The results agree to float32 rounding.
+    ``False`` is the reference path: :attr:`MultiHeadAttention.fused` off everywhere, so every
+    attention materialises its weights (eq. 1), and accelerated blocks (:mod:`titn_edu.accel`),
+    whose kernel computes attention fused, stand aside and run on the PyTorch operators too. The
+    results agree with the fast path to float32 rounding.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"set_fast_path expects a torch.nn.Module; got {type(model).__name__}.")
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True or False; got {enabled!r}.")
     for m in model.modules():
-        if isinstance(m, (MultiHeadAttention, Linear, TransformerBlock, Mlp)):
+        if isinstance(m, MultiHeadAttention):
             m.fused = enabled
-        if isinstance(m, TITN):
-            m.prune_last_block = enabled
     return model

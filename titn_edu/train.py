@@ -1,6 +1,17 @@
 """The training engine: :func:`fit` trains a student (optionally distilled from a teacher) and
 :func:`evaluate` reports the paper's Table 3 columns.
 
+``fit`` is a short loop over small pieces, each readable on its own::
+
+    config = FitConfig(...)                  # the arguments, checked, with the optimiser preset's values
+    run = _set_up(model, teacher, data...)   # seed, device, loaders, batch mixer, optimiser, LR schedule
+    folder, history, done = _open_run_folder(run, config)      # resume: weights, optimiser, history, RNG
+    for epoch in range(done, epochs):
+        record = train_one_epoch(...)        # train_step (Algorithm 2, then the update) on every batch
+        record.update(validation and test scores)
+        history.append(record); folder.save(record, history, run)   # last.pt, best.pt, history.json
+        stop if a callback returns True
+
 One training step (Algorithm 2, §3.5–3.6)::
 
     images, targets = mix(images, labels)          # CutMix: soft targets λ·onehot(a) + (1-λ)·onehot(b)
@@ -9,7 +20,7 @@ One training step (Algorithm 2, §3.5–3.6)::
         teacher_logits = teacher(images)           # frozen, eval(), same mixed batch
     loss = α·CE(class_logits, targets) + (1-α)·CE(distill_logits, argmax teacher_logits)   # eq. 9–10
 
-Optimisation presets (``optimizer=``):
+Optimisation presets (``optimizer=``; the values are in :mod:`titn_edu.presets`):
 
 * ``"paper"`` (alias ``"sgd"``, §4.1): SGD, momentum 0.9, weight decay 1e-4, lr 0.1, cosine
   annealing, batch 1024;
@@ -33,8 +44,9 @@ import threading
 import time
 import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,20 +59,16 @@ from .device_data import DeviceLoader
 from .losses import TITNLoss
 from .metrics import _topk_hits, confusion_matrix, count_flops, precision_recall_f1
 from .model import count_parameters
+from .presets import OPTIMIZER_PRESETS, optimizer_preset
 from .teachers import freeze, to_channels_last
 from .teachers import teacher_logits as teacher_logits_fn
 from .utils import resolve_device, save_json, seed_everything, set_rng_state
 
-__all__ = ["fit", "evaluate", "History", "LivePlot", "OPTIMIZER_PRESETS", "build_optimizer", "warmup_cosine"]
+__all__ = [
+    "fit", "FitConfig", "RunFolder", "train_one_epoch", "train_step", "StepResult", "NonFiniteLossError",
+    "evaluate", "History", "LivePlot", "OPTIMIZER_PRESETS", "build_optimizer", "warmup_cosine",
+]
 
-#: Defaults of the optimisation presets (any of them can be overridden by ``fit``'s arguments).
-OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
-    # §4.1 of the paper.
-    "paper": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=1024, warmup_epochs=0.0),
-    # The usual recipe for small vision transformers (DeiT-style, scaled down).
-    "adamw": dict(optimizer="adamw", lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05, batch_size=128, warmup_epochs=None),
-}
-_ALIASES = {"sgd": "paper"}
 _MIXINGS = ("cutmix", "mixup", "cutmix_or_mixup", "none")
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "pixel_pos")
 
@@ -72,6 +80,13 @@ class History(list):
     ``status`` is ``"completed"``, ``"interrupted"`` (Ctrl-C), ``"diverged"`` (non-finite loss),
     ``"stopped"`` (a callback asked to stop) or ``"running"``; ``message`` explains it.
     A ``History`` is a ``list``, so ``json.dumps(history)`` and ``pandas.DataFrame(history)`` work.
+
+    A record of :func:`fit` holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``,
+    ``finished_at`` (Unix time at the end of the epoch, after its evaluations), ``train_loss``,
+    ``train_class_loss``, ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the
+    dominant label of each mixed target), ``teacher_agreement`` (% of training images where the
+    distillation head picks the teacher's class), with ``val_data`` ``val_loss``, ``val_top1``,
+    ``val_top5``, and with ``test_data`` ``test_loss``, ``test_top1``, ``test_top5``.
     """
 
     def __init__(self, records: Iterable[dict] = (), *, status: str = "running", message: str = "") -> None:
@@ -216,7 +231,7 @@ def build_optimizer(
     model: nn.Module, name: str = "adamw", *, lr: float | None = None, weight_decay: float | None = None
 ) -> torch.optim.Optimizer:
     """An optimizer from a preset of :data:`OPTIMIZER_PRESETS` (``"paper"``/``"sgd"`` or ``"adamw"``)."""
-    preset = _preset(name)
+    preset = optimizer_preset(name)
     lr = preset["lr"] if lr is None else lr
     wd = preset["weight_decay"] if weight_decay is None else weight_decay
     params = [p for p in model.parameters() if p.requires_grad]
@@ -225,15 +240,6 @@ def build_optimizer(
     if preset["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=preset["momentum"], weight_decay=wd)
     return torch.optim.AdamW(_param_groups(model, wd), lr=lr, betas=preset["betas"])
-
-
-def _preset(name: Any) -> dict[str, Any]:
-    key = _ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else None
-    if key not in OPTIMIZER_PRESETS:
-        raise ValueError(
-            f"unknown optimizer {name!r}; use 'paper' (= 'sgd', §4.1), 'adamw', or pass a torch.optim.Optimizer."
-        )
-    return OPTIMIZER_PRESETS[key]
 
 
 # ============================================================================ data helpers
@@ -302,30 +308,219 @@ def _autocast(device: torch.device, amp: bool | str):
     return nullcontext()
 
 
-class _GracefulInterrupt:
-    """First SIGINT: finish the current step, then stop. Second SIGINT: stop at once."""
+# ============================================================================ one training step
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite. The update of that step was not applied."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
 
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Interrupt received: finishing the current step, then stopping (interrupt again to stop at once).")
+class StepResult(NamedTuple):
+    """What :func:`train_step` reports about one batch."""
 
-    def __enter__(self) -> _GracefulInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._handler)
-            except ValueError:
-                self._previous = None
-        return self
+    loss: float  # the total loss (eq. 10); NaN or infinite: the update was not applied
+    class_loss: float | None  # its label term, when the loss reports its terms (TITNLoss.terms)
+    distill_loss: float | None  # its distillation term, likewise (None for a single-head model)
+    lr: float  # the learning rate of this step
+    size: int  # images in the batch
+    hits: Tensor | None  # [top-1, top-5, agreements with the teacher, images compared], on the device
 
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+
+def train_step(
+    student: nn.Module, images: Tensor, labels: Tensor, *, loss_fn: Callable[..., Any],
+    optimizer: torch.optim.Optimizer, scheduler: Any = None, teacher: nn.Module | None = None,
+    mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None, amp: bool | str = False,
+    teacher_bf16: bool = False, teacher_channels_last: bool | None = None, grad_clip: float | None = None,
+    first_step: bool = False,
+) -> StepResult:
+    """One optimisation step on a batch already on the device: Algorithm 2's loss, then the update.
+
+    The batch is mixed (CutMix, §3.5.2: each image gets two labels with weights λ and 1-λ), the
+    student predicts its class and distillation logits, the frozen ``teacher`` predicts on the
+    *same* mixed images, and ``loss_fn`` (:class:`~titn_edu.losses.TITNLoss`: eq. 9-10) puts the
+    label term on the class head and the teacher's labels on the distillation head. Then backward,
+    optional gradient clipping, ``optimizer.step()`` and ``scheduler.step()`` (stepped every batch).
+
+    A non-finite loss is returned as it is and the update is *not* applied (``hits`` is ``None``).
+    ``teacher_bf16`` and ``teacher_channels_last`` go to :func:`titn_edu.teachers.teacher_logits`.
+    ``first_step``: a teacher that cannot take these images raises a ``ValueError`` that says so.
+    """
+    targets = labels
+    if mixer is not None:
+        images, targets = mixer(images, labels)  # Alg. 2 line 5, CutMix: λ·onehot(a) + (1-λ)·onehot(b)
+    with _autocast(images.device, amp):
+        class_logits, distill_logits = _split_output(student(images))  # Alg. 2 line 2: p_θ(y|x)
+        teacher_logits = None
+        if teacher is not None:  # Alg. 2 line 3: T(y|x, θ_T), no gradient
+            teacher_logits = _teacher_forward(teacher, images, teacher_bf16, teacher_channels_last, first_step)
+            if distill_logits is None:  # a single-head student: classic distillation on its one head
+                distill_logits = class_logits
+    # Alg. 2 lines 4-10: α·L_CM(class head, mixed labels) + (1-α)·CE(distillation head, argmax teacher)
+    total, class_loss, distill_loss = _loss_terms(loss_fn, class_logits, distill_logits, targets, teacher_logits)
+    value, lr = float(total.detach()), optimizer.param_groups[0]["lr"]
+    if not math.isfinite(value):
+        return StepResult(value, None, None, lr, labels.shape[0], None)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    hits = _hits(class_logits, distill_logits, targets, teacher_logits)
+    return StepResult(value, _as_float(class_loss), _as_float(distill_loss), lr, labels.shape[0], hits)
+
+
+def _teacher_forward(teacher: nn.Module, images: Tensor, bf16: bool, channels_last: bool | None,
+                     first_step: bool) -> Tensor:
+    try:
+        return teacher_logits_fn(teacher, images, bf16=bf16, channels_last=channels_last)
+    except RuntimeError as err:
+        if not first_step:  # it ran before: a real error (e.g. out of memory), not a mismatch
+            raise
+        raise ValueError(
+            f"the teacher cannot process the training images {tuple(images.shape)}: "
+            f"{str(err).splitlines()[0]}. Build it for the same dataset "
+            f"(in_chans, image size) as the student."
+        ) from None
+
+
+def _loss_terms(loss_fn: Callable[..., Any], class_logits: Tensor, distill_logits: Tensor | None, targets: Tensor,
+                teacher_logits: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The total loss and, when ``loss_fn`` reports them (``TITNLoss.terms``), its label and distillation terms."""
+    if hasattr(loss_fn, "terms"):
+        terms = loss_fn.terms(class_logits, distill_logits, targets, teacher_logits)
+        return terms.total, terms.class_loss, terms.distill_loss
+    return loss_fn(class_logits, distill_logits, targets, teacher_logits), None, None
+
+
+@torch.no_grad()
+def _hits(class_logits: Tensor, distill_logits: Tensor | None, targets: Tensor,
+          teacher_logits: Tensor | None) -> Tensor:
+    """``[top-1, top-5, teacher agreements, images compared]`` of one batch, as a tensor on its device."""
+    hits = torch.zeros(4, dtype=torch.long, device=class_logits.device)
+    hard = targets.argmax(dim=-1) if targets.dim() == 2 else targets  # a mixed image counts for its dominant label
+    hits[:2] = _topk_hits(class_logits.detach().float(), hard, (1, 5))
+    if teacher_logits is not None:
+        hits[2] = (distill_logits.argmax(-1) == teacher_logits.argmax(-1)).sum()
+        hits[3] = hard.shape[0]
+    return hits
+
+
+def _as_float(value: Tensor | None) -> float | None:
+    return None if value is None else float(value.detach())
+
+
+# ============================================================================ one epoch
+@dataclass
+class _EpochTotals:
+    """Sums over the steps of an epoch; :meth:`record` turns them into the epoch's averages."""
+
+    hits: Tensor  # [top-1, top-5, teacher agreements, images compared], on the device (no sync per step)
+    images: int = 0
+    loss: float = 0.0
+    class_loss: float = 0.0
+    distill_loss: float = 0.0
+    has_class_loss: bool = False
+    has_distill_loss: bool = False
+    lr: float | None = None
+
+    def add(self, step: StepResult) -> None:
+        n = step.size
+        self.images += n
+        self.loss += step.loss * n
+        if step.class_loss is not None:
+            self.has_class_loss = True
+            self.class_loss += step.class_loss * n
+        if step.distill_loss is not None:
+            self.has_distill_loss = True
+            self.distill_loss += step.distill_loss * n
+        self.hits += step.hits
+        self.lr = step.lr
+
+    def record(self) -> dict[str, Any]:
+        n = self.images
+        top1, top5, agree, compared = self.hits.tolist()
+        return {
+            "lr": self.lr,
+            "train_loss": self.loss / n,
+            "train_class_loss": self.class_loss / n if self.has_class_loss else None,
+            "train_distill_loss": self.distill_loss / n if self.has_distill_loss else None,
+            "train_top1": 100.0 * top1 / n,
+            "train_top5": 100.0 * top5 / n,
+            "teacher_agreement": 100.0 * agree / compared if compared else None,
+        }
+
+
+def train_one_epoch(
+    student: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any,
+    loss_fn: Callable[..., Any], *, teacher: nn.Module | None = None,
+    mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None, device: str | torch.device | None = None,
+    amp: bool | str = False, teacher_bf16: bool = False, grad_clip: float | None = None, epoch: int = 0,
+    epochs: int | None = None, progress: bool = False, stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Train ``student`` for one pass over ``loader`` (:func:`train_step` on every batch); return the averages.
+
+    The batches go to ``device`` (default: the student's), channels-last for a model with convolutions.
+    ``student`` is put in ``train()`` mode, the (frozen) ``teacher`` in ``eval()`` mode. ``epoch`` (from 0)
+    and ``epochs`` label the progress bar and messages; at ``epoch`` 0 the first step checks the teacher.
+
+    Returns ``lr`` (of the last step), ``train_loss``, ``train_class_loss`` and ``train_distill_loss``
+    (``None`` when the loss does not report them), ``train_top1``/``train_top5`` (class head against
+    the dominant label of each mixed target) and ``teacher_agreement`` (% of images where the
+    distillation head picks the teacher's class; ``None`` without a teacher), averaged over images.
+
+    Raises :class:`NonFiniteLossError` when the loss becomes NaN or infinite, and
+    ``KeyboardInterrupt`` after the current step once ``stop()`` is true (``fit`` passes its Ctrl-C
+    handler: the first Ctrl-C lets the step finish).
+    """
+    device = torch.device(device) if device is not None else next(student.parameters()).device
+    student.train()
+    if teacher is not None:
+        teacher.eval()
+    channels_last = _has_convolutions(student)  # a CNN (e.g. a teacher being trained): oneDNN's / cuDNN's layout
+    teacher_channels_last = teacher is not None and _has_convolutions(teacher)
+    totals = _EpochTotals(hits=torch.zeros(4, dtype=torch.long, device=device))
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""), leave=False,
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for step, batch in enumerate(bar):
+            images, labels = _to_device(batch, device, channels_last)
+            result = train_step(student, images, labels, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+                                teacher=teacher, mixer=mixer, amp=amp, teacher_bf16=teacher_bf16,
+                                teacher_channels_last=teacher_channels_last, grad_clip=grad_clip,
+                                first_step=epoch == 0 and step == 0)
+            if not math.isfinite(result.loss):
+                raise NonFiniteLossError(_divergence_advice(result, epoch, step))
+            totals.add(result)
+            if progress:
+                bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+            if stop is not None and stop():
+                raise KeyboardInterrupt  # the step is done; the rest of the epoch is not
+    finally:
+        bar.close()
+    if totals.images == 0:
+        raise ValueError("the training data gave no batch.")
+    return totals.record()
+
+
+def _has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    images, labels = _unpack(batch)
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _divergence_advice(result: StepResult, epoch: int, step: int) -> str:
+    return (
+        f"training stopped: the loss became {result.loss} at epoch {epoch + 1}, step {step + 1}. "
+        f"Likely causes: a learning rate too high for this model and batch size "
+        f"(lr={result.lr:.3g}; try 3-10x lower, a warm-up, or grad_clip=1.0), "
+        f"or bad data (NaN/inf pixels, wrong normalisation)."
+    )
 
 
 # ============================================================================ evaluation
@@ -425,7 +620,7 @@ def evaluate(
     }
 
 
-# ============================================================================ fit
+# ============================================================================ fit: settings
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}.")
@@ -440,6 +635,290 @@ def _check_number(name: str, value: Any, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _check_models(model: Any, teacher: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be a torch.nn.Module (or None); got {type(teacher).__name__}.")
+    if teacher is model:
+        raise ValueError("teacher and student are the same module; distil from a separately trained teacher.")
+
+
+@dataclass
+class FitConfig:
+    """The settings of a :func:`fit` run: its keyword arguments, checked, with the preset's values filled in.
+
+    Attributes:
+        epochs: total number of epochs (with ``resume``: including those already done).
+        loss: default ``TITNLoss()`` (eq. 10, hard, α = 0.5); any callable with its signature.
+        optimizer: ``"paper"``/``"sgd"`` or ``"adamw"`` (:data:`titn_edu.presets.OPTIMIZER_PRESETS`), or a
+            ready optimizer. ``lr``, ``weight_decay``, ``batch_size``, ``warmup_epochs`` override the preset's
+            values (``None``: the preset's; ``warmup_epochs`` of ``"adamw"``: min(5, epochs / 10)).
+        min_lr_ratio: the cosine schedule ends at ``lr * min_lr_ratio``.
+        scheduler: ``"cosine"`` (warm-up + cosine), ``"constant"``/``None``, or a ready LR scheduler;
+            all are stepped every batch.
+        mixing: ``"cutmix"`` (paper), ``"mixup"``, ``"cutmix_or_mixup"``, ``None``, or a callable
+            ``(images, labels) -> (images, soft_targets)``; ``mix_alpha`` is its Beta parameter.
+        grad_clip: clip the gradient norm to this value (``None``: no clipping).
+        device: ``"auto"`` (CUDA → MPS → CPU) or a device. On CUDA, ``amp`` uses bf16 autocast and
+            ``compile=True`` wraps the student in ``torch.compile``. A model with convolutions (a CNN
+            teacher) is stored channels-last for training (same values and ``state_dict``; ``python
+            benchmarks/teacher_path.py --train`` measures the gain).
+        teacher_bf16: run the teacher under bf16 autocast. ``None``: on CUDA when ``amp``, never on CPU;
+            ``True`` also on CPU, worth it on CPUs with native bf16 (AVX-512 BF16, AMX: ``python
+            benchmarks/teacher_path.py`` measures it), at the cost of rare flips of near-tied teacher labels.
+        output_dir: where ``last.pt``, ``best.pt`` and ``history.json`` go (:class:`RunFolder`; ``None``:
+            nothing saved, unless resuming, then the resumed run's folder).
+        resume: a run folder (uses its ``last.pt``) or a checkpoint to continue from. Model, optimizer,
+            scheduler, epoch, history and RNG states are restored: with the same arguments the result
+            equals an uninterrupted run.
+        seed: seed every RNG first (see :func:`titn_edu.seed_everything`).
+        progress: tqdm progress bars for epochs and batches.
+        live_plot: ``True`` or a :class:`LivePlot` to draw losses/accuracies after every epoch.
+        callbacks: functions called with each epoch's record after it is saved; one returning ``True``
+            stops training before the next epoch (status ``"stopped"``; after the last epoch the run is
+            simply ``"completed"``). All of them are called every epoch.
+        num_workers, eval_batch_size: DataLoader workers; batch size of the validation pass
+            (default: the larger of ``batch_size`` and 256).
+        run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
+    """
+
+    epochs: int
+    loss: Callable[..., Tensor] | None
+    optimizer: str | torch.optim.Optimizer
+    lr: float | None
+    weight_decay: float | None
+    batch_size: int | None
+    warmup_epochs: float | None
+    min_lr_ratio: float
+    scheduler: str | Any
+    mixing: str | Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
+    mix_alpha: float
+    grad_clip: float | None
+    device: str | torch.device
+    output_dir: str | os.PathLike | None
+    resume: str | os.PathLike | None
+    seed: int | None
+    progress: bool
+    live_plot: bool | LivePlot
+    callbacks: Iterable[Callable[[dict], Any]]
+    amp: bool
+    teacher_bf16: bool | None
+    compile: bool
+    num_workers: int
+    eval_batch_size: int | None
+    run_info: dict[str, Any] | None
+    preset: dict[str, Any] = field(init=False, repr=False)  # the optimiser preset's defaults
+
+    def __post_init__(self) -> None:
+        _check_positive_int("epochs", self.epochs)
+        self.loss = TITNLoss() if self.loss is None else self.loss
+        if not callable(self.loss):
+            raise TypeError(f"loss must be callable like TITNLoss; got {type(self.loss).__name__}.")
+        if isinstance(self.optimizer, torch.optim.Optimizer):
+            self.preset = dict(OPTIMIZER_PRESETS["adamw"], optimizer=None)
+        else:
+            self.preset = optimizer_preset(self.optimizer)
+        if self.batch_size is None:
+            self.batch_size = self.preset["batch_size"]
+        _check_positive_int("batch_size", self.batch_size)
+        self.eval_batch_size = _check_positive_int("eval_batch_size", self.eval_batch_size or max(self.batch_size, 256))
+        self._check_the_rest()
+        if self.warmup_epochs is None:
+            preset_warmup = self.preset["warmup_epochs"]
+            self.warmup_epochs = preset_warmup if preset_warmup is not None else min(5.0, 0.1 * self.epochs)
+
+    def _check_the_rest(self) -> None:
+        if self.lr is not None:
+            _check_number("lr", self.lr, positive=True)
+        if self.weight_decay is not None:
+            _check_number("weight_decay", self.weight_decay)
+        if self.grad_clip is not None:
+            _check_number("grad_clip", self.grad_clip, positive=True)
+        if not 0.0 <= float(self.min_lr_ratio) <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}.")
+        _check_positive_int("num_workers", self.num_workers, minimum=0)
+        self.callbacks = list(self.callbacks)
+        if not all(callable(c) for c in self.callbacks):
+            raise TypeError("callbacks must be callables taking an epoch record.")
+        if isinstance(self.scheduler, str) and self.scheduler.lower() not in ("cosine", "constant"):
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; use 'cosine', 'constant', None or an LR scheduler object.")
+        if isinstance(self.mixing, str) and self.mixing.lower() not in _MIXINGS:
+            raise ValueError(f"unknown mixing {self.mixing!r}; use one of {list(_MIXINGS)}, None or a callable.")
+        if self.warmup_epochs is not None:
+            _check_number("warmup_epochs", self.warmup_epochs)
+        if self.teacher_bf16 not in (None, True, False):
+            raise TypeError(f"teacher_bf16 must be True, False or None (automatic); got {self.teacher_bf16!r}.")
+
+
+# ============================================================================ fit: set-up
+@dataclass
+class _Run:
+    """What :func:`_set_up` prepares for the epochs of a run."""
+
+    model: nn.Module  # the student (or any classifier), on the device
+    train_model: nn.Module  # the same, or torch.compile(model)
+    teacher: nn.Module | None  # frozen, on the device
+    device: torch.device
+    teacher_bf16: bool
+    train_loader: DataLoader | DeviceLoader
+    val_loader: DataLoader | DeviceLoader | None
+    test_loader: DataLoader | DeviceLoader | None
+    mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+def _set_up(model: nn.Module, teacher: nn.Module | None, train_data: Any, val_data: Any, test_data: Any,
+            config: FitConfig) -> _Run:
+    """Seed; put the models on the device; wrap the data in loaders; build the mixer, optimiser and schedule."""
+    if config.seed is not None:
+        seed_everything(config.seed)
+    device = resolve_device(config.device)
+    teacher_bf16 = config.teacher_bf16
+    if teacher_bf16 is None:
+        teacher_bf16 = bool(config.amp) and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    _place_models(model, teacher, device)
+    train_loader, val_loader, test_loader = _loaders(train_data, val_data, test_data, config, device)
+    mixer = _mixer(config.mixing, config.mix_alpha, model)
+    optimizer, scheduler = _optimizer_and_schedule(model, config, steps_per_epoch=len(train_loader))
+    train_model = torch.compile(model) if config.compile else model
+    return _Run(model=model, train_model=train_model, teacher=teacher, device=device, teacher_bf16=teacher_bf16,
+                train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, mixer=mixer,
+                optimizer=optimizer, scheduler=scheduler)
+
+
+def _place_models(model: nn.Module, teacher: nn.Module | None, device: torch.device) -> None:
+    """Both models on the device, CNNs channels-last; the teacher frozen and checked for the student's classes."""
+    model.to(device)
+    to_channels_last(model)  # a CNN (e.g. a teacher being trained): oneDNN's / cuDNN's fast layout
+    if teacher is None:
+        return
+    freeze(teacher).to(device)
+    to_channels_last(teacher)  # CNN teachers: oneDNN / tensor cores' preferred layout
+    s_classes, t_classes = _num_classes(model), _num_classes(teacher)
+    if s_classes is not None and t_classes is not None and s_classes != t_classes:
+        raise ValueError(
+            f"the teacher predicts {t_classes} classes but the student {s_classes}: both must be built "
+            f"for the same dataset (num_classes={s_classes})."
+        )
+
+
+def _loaders(train_data: Any, val_data: Any, test_data: Any, config: FitConfig, device: torch.device) -> tuple:
+    """``(train, val, test)`` loaders (``None`` where no data was given)."""
+    train_ds = _as_dataset(train_data, "train_data")
+    val_ds = _as_dataset(val_data, "val_data") if val_data is not None else None
+    test_ds = _as_dataset(test_data, "test_data") if test_data is not None else None
+    for what, ds in (("train_data", train_ds), ("val_data", val_ds), ("test_data", test_ds)):
+        if isinstance(ds, DeviceLoader) and ds.device != device:
+            raise ValueError(f"{what} is a DeviceLoader on {ds.device} but training runs on {device}; build it "
+                             f"with device={str(device)!r} (or train with device={str(ds.device)!r}).")
+    common = dict(num_workers=config.num_workers, pin=device.type == "cuda")
+    train_loader = _loader(train_ds, batch_size=config.batch_size, train=True, **common)
+    val_loader = _loader(val_ds, batch_size=config.eval_batch_size, train=False, **common) if val_ds is not None else None
+    test_loader = _loader(test_ds, batch_size=config.eval_batch_size, train=False, **common) if test_ds is not None else None
+    if len(train_loader) == 0:
+        raise ValueError("the training data give no batch; use more data or a smaller batch_size.")
+    return train_loader, val_loader, test_loader
+
+
+def _mixer(mixing: Any, mix_alpha: float, model: nn.Module) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """The batch mixer (CutMix, MixUp, ...) for ``mixing``, or ``None``."""
+    if callable(mixing) and not isinstance(mixing, str):
+        return mixing
+    if mixing is None or (isinstance(mixing, str) and mixing.lower() == "none"):
+        return None
+    from .data import batch_mixer
+
+    num_classes = _num_classes(model)
+    if num_classes is None:
+        raise ValueError("cannot tell the model's number of classes for CutMix/MixUp; give the model a num_classes attribute.")
+    return batch_mixer(mixing, num_classes=num_classes, alpha=mix_alpha)
+
+
+def _optimizer_and_schedule(model: nn.Module, config: FitConfig, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser (from the preset, or the one given) and its per-step learning-rate schedule."""
+    if isinstance(config.optimizer, torch.optim.Optimizer):
+        optimizer = config.optimizer
+        if config.lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr
+    else:
+        optimizer = build_optimizer(model, config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, round(config.warmup_epochs * steps_per_epoch))
+    scheduler = config.scheduler
+    if scheduler is None or (isinstance(scheduler, str) and scheduler.lower() == "constant"):
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps, 1.0))
+    elif isinstance(scheduler, str):  # "cosine"
+        factor = warmup_cosine(total_steps, warmup_steps, float(config.min_lr_ratio))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, scheduler
+
+
+# ============================================================================ fit: the run folder
+@dataclass
+class RunFolder:
+    """Where a run keeps its progress (``path=None``: nothing is written; the best value is still tracked).
+
+    After every epoch :meth:`save` writes ``last.pt`` (model, optimizer, scheduler, RNG states, the
+    history so far: everything ``resume`` needs), ``best.pt`` too when ``monitor`` improved, and
+    ``history.json``, each atomically (:func:`titn_edu.save_checkpoint`): a crash never leaves a
+    half-written file, and a run that diverges never touches ``best.pt``.
+    """
+
+    path: Path | None
+    monitor: str  # the record key that picks best.pt: val_top1 with validation data, else train_loss
+    mode: str  # "max" or "min"
+    best: float | None = None  # the best value of `monitor` so far
+    fit_config: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint, as run_info
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+    def improves(self, value: Any) -> bool:
+        return isinstance(value, float) and math.isfinite(value) and (
+            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        )
+
+    def save(self, record: dict[str, Any], history: History, run: _Run) -> None:
+        """Save the epoch of ``record`` (already the last of ``history``)."""
+        improved = self.improves(record.get(self.monitor))
+        if improved:
+            self.best = record[self.monitor]
+        if self.path is None:
+            return
+        state = dict(optimizer=run.optimizer, scheduler=run.scheduler if hasattr(run.scheduler, "state_dict") else None,
+                     epoch=record["epoch"], metrics=record, history=list(history),
+                     best={"key": self.monitor, "mode": self.mode, "value": self.best}, fit_config=self.fit_config,
+                     run_info=self.run_info)
+        save_checkpoint(self.path / "last.pt", run.model, **state)
+        if improved:
+            save_checkpoint(self.path / "best.pt", run.model, **state)
+        history.save(self.path / "history.json")
+
+    def save_history(self, history: History) -> None:
+        if self.path is not None:
+            history.save(self.path / "history.json")
+
+    def last_saved(self, history: History, start_epoch: int) -> str:
+        """What ``last.pt`` holds, for messages."""
+        if self.path is None:
+            return "nothing was saved"
+        return f"last.pt holds epoch {history[-1]['epoch'] if history else start_epoch}"
+
+
+def _open_run_folder(run: _Run, config: FitConfig) -> tuple[RunFolder, History, int]:
+    """The run folder, the history so far and the epochs already done (0, or what ``resume`` holds)."""
+    history, done, best, folder = History(), 0, None, config.output_dir
+    if config.resume is not None:
+        history, done, best, saved_in = _resume(config.resume, run)
+        folder = saved_in if folder is None else folder
+    path = Path(folder).expanduser() if folder is not None else None
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+    monitor, mode = ("val_top1", "max") if run.val_loader is not None else ("train_loss", "min")
+    return RunFolder(path, monitor, mode, best, _fit_config(run, config), dict(config.run_info or {})), history, done
+
+
 def _resume_path(resume: str | os.PathLike) -> Path:
     path = Path(resume).expanduser()
     if path.is_dir():
@@ -451,414 +930,199 @@ def _resume_path(resume: str | os.PathLike) -> Path:
     return path
 
 
-def fit(
-    model: nn.Module,
-    train_data: Any,
-    val_data: Any = None,
-    *,
-    epochs: int,
-    teacher: nn.Module | None = None,
-    loss: Callable[..., Tensor] | None = None,
-    optimizer: str | torch.optim.Optimizer = "adamw",
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    batch_size: int | None = None,
-    warmup_epochs: float | None = None,
-    min_lr_ratio: float = 0.0,
-    scheduler: str | Any = "cosine",
-    mixing: str | Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = "cutmix",
-    mix_alpha: float = 0.5,
-    grad_clip: float | None = None,
-    device: str | torch.device = "auto",
-    output_dir: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
-    seed: int | None = None,
-    progress: bool = True,
-    live_plot: bool | LivePlot = False,
-    callbacks: Iterable[Callable[[dict], Any]] = (),
-    amp: bool = True,
-    teacher_bf16: bool | None = None,
-    compile: bool = False,
-    num_workers: int = 0,
-    eval_batch_size: int | None = None,
-    run_info: dict[str, Any] | None = None,
-    test_data: Any = None,
-) -> History:
-    """Train ``model`` on ``train_data`` for ``epochs`` epochs; return its :class:`History`.
+def _resume(resume: str | os.PathLike, run: _Run) -> tuple[History, int, float | None, Path]:
+    """Load a checkpoint into the run's model, optimizer and scheduler and restore the RNG states.
 
-    Args:
-        model: the student (e.g. :func:`titn_edu.build_model`), or any classifier (a teacher).
-        train_data, val_data: Datasets of ``(image, label)``, DataLoaders,
-            :class:`~titn_edu.device_data.DeviceLoader` (data and augmentation on the device, for
-            GPUs), or ``(images, labels)`` tensor pairs. ``val_data`` (optional) is evaluated after every epoch and picks ``best.pt``.
-        epochs: total number of epochs (with ``resume``: including those already done).
-        teacher: a trained classifier with the student's number of classes. It is frozen, kept in
-            ``eval()``, stored channels-last if it has convolutions, and run on the same mixed batch
-            as the student by :func:`titn_edu.teachers.teacher_logits` (inference mode).
-            With a single-head student the same logits serve both terms (classic distillation).
-        loss: default ``TITNLoss()`` (eq. 10, hard, α = 0.5); any callable with its signature.
-        optimizer: ``"paper"``/``"sgd"`` or ``"adamw"`` (see the module docstring), or an optimizer.
-        lr, weight_decay, batch_size, warmup_epochs: override the preset's values.
-        min_lr_ratio: the cosine schedule ends at ``lr * min_lr_ratio``.
-        scheduler: ``"cosine"`` (warm-up + cosine, stepped every batch), ``"constant"``/``None``, or
-            a ready LR scheduler (stepped every batch).
-        mixing: ``"cutmix"`` (paper), ``"mixup"``, ``"cutmix_or_mixup"``, ``None``, or a callable
-            ``(images, labels) -> (images, soft_targets)``; ``mix_alpha`` is its Beta parameter.
-        grad_clip: clip the gradient norm to this value (``None``: no clipping).
-        device: ``"auto"`` (CUDA → MPS → CPU) or a device. On CUDA, ``amp`` uses bf16 autocast and
-            ``compile=True`` wraps the student in ``torch.compile``.
-        output_dir: where ``last.pt``, ``best.pt`` and ``history.json`` go (``None``: nothing saved,
-            unless resuming, then the resumed run's folder).
-        resume: a run folder (uses its ``last.pt``) or a checkpoint to continue from. Model,
-            optimizer, scheduler, epoch, history and RNG states are restored: with the same
-            arguments the result equals an uninterrupted run.
-        seed: seed every RNG first (see :func:`titn_edu.seed_everything`).
-        progress: tqdm progress bars for epochs and batches.
-        live_plot: ``True`` or a :class:`LivePlot` to draw losses/accuracies after every epoch.
-        callbacks: functions called with each epoch's record after it is saved; one returning
-            ``True`` stops training before the next epoch (status ``"stopped"``; after the last
-            epoch the run is simply ``"completed"``).
-        amp, compile, num_workers, eval_batch_size: speed options (see ``device``); DataLoader
-            workers; batch size of the validation pass.
-        teacher_bf16: run the teacher under bf16 autocast. ``None`` (default): on CUDA when ``amp``,
-            never on CPU; ``True`` also on CPU, worth it on CPUs with native bf16 (AVX-512 BF16,
-            AMX: ``python benchmarks/teacher_path.py`` measures it), at the cost of rare flips of
-            near-tied teacher labels.
-        run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
-        test_data: evaluated after every epoch for the record only (``test_loss``, ``test_top1``,
-            ``test_top5``): learning curves against wall time. Never used to pick ``best.pt``.
-
-    Training leaves the model in ``eval()`` mode (a TITN then returns the mean of its two heads).
-    A model with convolutions (a CNN teacher) is stored channels-last for training (same values and
-    ``state_dict``; ``python benchmarks/teacher_path.py --train`` measures the gain).
-    Each record holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``, ``finished_at``
-    (Unix time at the end of the epoch, after its evaluations), ``train_loss``, ``train_class_loss``,
-    ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the dominant label
-    of each mixed target), ``teacher_agreement`` (% of training images where the distillation
-    head picks the teacher's class) and, with ``val_data``, ``val_loss``, ``val_top1``, ``val_top5``.
+    Returns the history so far, the epochs done, the best monitored value and the checkpoint's folder.
     """
-    # ------------------------------------------------------------------ arguments
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    _check_positive_int("epochs", epochs)
-    if teacher is not None and not isinstance(teacher, nn.Module):
-        raise TypeError(f"teacher must be a torch.nn.Module (or None); got {type(teacher).__name__}.")
-    if teacher is model:
-        raise ValueError("teacher and student are the same module; distil from a separately trained teacher.")
-    loss_fn = TITNLoss() if loss is None else loss
-    if not callable(loss_fn):
-        raise TypeError(f"loss must be callable like TITNLoss; got {type(loss_fn).__name__}.")
-    if isinstance(optimizer, torch.optim.Optimizer):
-        preset = dict(OPTIMIZER_PRESETS["adamw"], optimizer=None)
-    else:
-        preset = _preset(optimizer)
-    batch_size = preset["batch_size"] if batch_size is None else batch_size
-    _check_positive_int("batch_size", batch_size)
-    eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size or max(batch_size, 256))
-    if lr is not None:
-        _check_number("lr", lr, positive=True)
-    if weight_decay is not None:
-        _check_number("weight_decay", weight_decay)
-    if grad_clip is not None:
-        _check_number("grad_clip", grad_clip, positive=True)
-    if not 0.0 <= float(min_lr_ratio) <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1]; got {min_lr_ratio!r}.")
-    _check_positive_int("num_workers", num_workers, minimum=0)
-    callbacks = list(callbacks)
-    if not all(callable(c) for c in callbacks):
-        raise TypeError("callbacks must be callables taking an epoch record.")
-    if isinstance(scheduler, str) and scheduler.lower() not in ("cosine", "constant"):
-        raise ValueError(f"unknown scheduler {scheduler!r}; use 'cosine', 'constant', None or an LR scheduler object.")
-    if isinstance(mixing, str) and mixing.lower() not in _MIXINGS:
-        raise ValueError(f"unknown mixing {mixing!r}; use one of {list(_MIXINGS)}, None or a callable.")
-    if warmup_epochs is not None:
-        _check_number("warmup_epochs", warmup_epochs)
-    if seed is not None:
-        seed_everything(seed)
+    path = _resume_path(resume)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    spec, saved_spec = model_spec(run.model), ckpt.get("model")
+    if spec is not None and saved_spec is not None and spec != saved_spec:
+        raise ValueError(
+            f"cannot resume: {str(path)!r} was saved from a different model "
+            f"({saved_spec['kwargs']}) than the one given ({spec['kwargs']})."
+        )
+    _unwrap(run.model).load_state_dict(ckpt["state_dict"])
+    try:
+        if ckpt.get("optimizer") is not None:
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler") is not None:
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: its optimizer/scheduler state does not fit this run "
+            f"({err}). Resume with the same optimizer settings as the original run."
+        ) from None
+    extra = ckpt.get("extra") or {}
+    if ckpt.get("rng"):
+        set_rng_state(ckpt["rng"])
+    return History(extra.get("history", [])), int(ckpt.get("epoch") or 0), (extra.get("best") or {}).get("value"), path.parent
 
-    dev = resolve_device(device)
-    if teacher_bf16 not in (None, True, False):
-        raise TypeError(f"teacher_bf16 must be True, False or None (automatic); got {teacher_bf16!r}.")
-    if teacher_bf16 is None:
-        teacher_bf16 = bool(amp) and dev.type == "cuda" and torch.cuda.is_bf16_supported()
-    model.to(dev)
-    channels_last = to_channels_last(model)  # a CNN (e.g. a teacher being trained): oneDNN's / cuDNN's fast layout
-    if teacher is not None:
-        freeze(teacher).to(dev)
-        teacher_channels_last = to_channels_last(teacher)  # CNN teachers: oneDNN / tensor cores' preferred layout
-        s_classes, t_classes = _num_classes(model), _num_classes(teacher)
-        if s_classes is not None and t_classes is not None and s_classes != t_classes:
-            raise ValueError(
-                f"the teacher predicts {t_classes} classes but the student {s_classes}: both must be built "
-                f"for the same dataset (num_classes={s_classes})."
-            )
 
-    train_ds = _as_dataset(train_data, "train_data")
-    val_ds = _as_dataset(val_data, "val_data") if val_data is not None else None
-    test_ds = _as_dataset(test_data, "test_data") if test_data is not None else None
-    for what, ds in (("train_data", train_ds), ("val_data", val_ds), ("test_data", test_ds)):
-        if isinstance(ds, DeviceLoader) and ds.device != dev:
-            raise ValueError(f"{what} is a DeviceLoader on {ds.device} but training runs on {dev}; build it "
-                             f"with device={str(dev)!r} (or train with device={str(ds.device)!r}).")
-    pin = dev.type == "cuda"
-    train_loader = _loader(train_ds, batch_size=batch_size, train=True, num_workers=num_workers, pin=pin)
-    val_loader = _loader(val_ds, batch_size=eval_batch_size, train=False, num_workers=num_workers, pin=pin) if val_ds is not None else None
-    test_loader = _loader(test_ds, batch_size=eval_batch_size, train=False, num_workers=num_workers, pin=pin) if test_ds is not None else None
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ValueError("the training data give no batch; use more data or a smaller batch_size.")
-
-    num_classes = _num_classes(model)
-    if callable(mixing) and not isinstance(mixing, str):
-        mixer = mixing
-    elif mixing is None or (isinstance(mixing, str) and mixing.lower() == "none"):
-        mixer = None
-    else:
-        from .data import batch_mixer
-
-        if num_classes is None:
-            raise ValueError("cannot tell the model's number of classes for CutMix/MixUp; give the model a num_classes attribute.")
-        mixer = batch_mixer(mixing, num_classes=num_classes, alpha=mix_alpha)
-
-    # ------------------------------------------------------------------ optimiser and schedule
-    if isinstance(optimizer, torch.optim.Optimizer):
-        opt = optimizer
-        if lr is not None:
-            for group in opt.param_groups:
-                group["lr"] = lr
-    else:
-        opt = build_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay)
-    total_steps = epochs * steps_per_epoch
-    if warmup_epochs is None:
-        warmup_epochs = preset["warmup_epochs"] if preset["warmup_epochs"] is not None else min(5.0, 0.1 * epochs)
-    warmup_steps = min(total_steps, round(warmup_epochs * steps_per_epoch))
-    if scheduler is None or (isinstance(scheduler, str) and scheduler.lower() == "constant"):
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_steps, 1.0))
-    elif isinstance(scheduler, str):  # "cosine"
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup_steps, float(min_lr_ratio)))
-    else:
-        sched = scheduler
-
-    # ------------------------------------------------------------------ output and resume
-    history = History()
-    start_epoch = 0
-    monitor, mode = ("val_top1", "max") if val_loader is not None else ("train_loss", "min")
-    best_value: float | None = None
-    if resume is not None:
-        ckpt_path = _resume_path(resume)
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-        spec, saved_spec = model_spec(model), ckpt.get("model")
-        if spec is not None and saved_spec is not None and spec != saved_spec:
-            raise ValueError(
-                f"cannot resume: {str(ckpt_path)!r} was saved from a different model "
-                f"({saved_spec['kwargs']}) than the one given ({spec['kwargs']})."
-            )
-        _unwrap(model).load_state_dict(ckpt["state_dict"])
-        try:
-            if ckpt.get("optimizer") is not None:
-                opt.load_state_dict(ckpt["optimizer"])
-            if ckpt.get("scheduler") is not None:
-                sched.load_state_dict(ckpt["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise ValueError(
-                f"cannot resume from {str(ckpt_path)!r}: its optimizer/scheduler state does not fit this run "
-                f"({err}). Resume with the same optimizer settings as the original run."
-            ) from None
-        extra = ckpt.get("extra") or {}
-        history = History(extra.get("history", []))
-        best_value = (extra.get("best") or {}).get("value")
-        start_epoch = int(ckpt.get("epoch") or 0)
-        if ckpt.get("rng"):
-            set_rng_state(ckpt["rng"])
-        if output_dir is None:
-            output_dir = ckpt_path.parent
-    out = Path(output_dir).expanduser() if output_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-
-    train_model = torch.compile(model) if compile else model
-    plot = live_plot if isinstance(live_plot, LivePlot) else (LivePlot() if live_plot else None)
-    fit_config = {
-        "epochs": epochs, "batch_size": batch_size, "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
-        "lr": opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"]), "warmup_epochs": warmup_epochs,
-        "mixing": mixing if isinstance(mixing, str) or mixing is None else "custom", "mix_alpha": mix_alpha,
-        "seed": seed, "device": str(dev), "teacher": type(_unwrap(teacher)).__name__ if teacher is not None else None,
-        "teacher_bf16": teacher_bf16 if teacher is not None else None,
-        "loss": repr(loss_fn),
+def _fit_config(run: _Run, config: FitConfig) -> dict[str, Any]:
+    """The settings stored in every checkpoint (plain values)."""
+    group = run.optimizer.param_groups[0]
+    optimizer, mixing = config.optimizer, config.mixing
+    return {
+        "epochs": config.epochs, "batch_size": config.batch_size,
+        "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
+        "lr": group.get("initial_lr", group["lr"]), "warmup_epochs": config.warmup_epochs,
+        "mixing": mixing if isinstance(mixing, str) or mixing is None else "custom", "mix_alpha": config.mix_alpha,
+        "seed": config.seed, "device": str(run.device),
+        "teacher": type(_unwrap(run.teacher)).__name__ if run.teacher is not None else None,
+        "teacher_bf16": run.teacher_bf16 if run.teacher is not None else None,
+        "loss": repr(config.loss),
     }
 
-    def save(record: dict, *, best: bool) -> None:
-        if out is None:
-            return
-        state = dict(optimizer=opt, scheduler=sched if hasattr(sched, "state_dict") else None,
-                     epoch=record["epoch"], metrics=record, history=list(history),
-                     best={"key": monitor, "mode": mode, "value": best_value}, fit_config=fit_config,
-                     run_info=dict(run_info or {}))
-        save_checkpoint(out / "last.pt", model, **state)
-        if best:
-            save_checkpoint(out / "best.pt", model, **state)
 
-    # ------------------------------------------------------------------ the loop
-    if start_epoch >= epochs:
-        history.status = "completed"
-        history.message = f"nothing to do: the checkpoint already holds {start_epoch} of {epochs} epochs."
-        model.eval()
-        return history
-    history.status = "running"
-    epoch_bar = tqdm(range(start_epoch, epochs), desc="epochs", initial=start_epoch, total=epochs,
-                     disable=not progress, dynamic_ncols=True)
-    stop_reason: tuple[str, str] | None = None
-    first_step = start_epoch == 0
-    with _GracefulInterrupt() as interrupt:
+# ============================================================================ fit
+def fit(
+    model: nn.Module, train_data: Any, val_data: Any = None, *, epochs: int, teacher: nn.Module | None = None,
+    loss: Callable[..., Tensor] | None = None, optimizer: str | torch.optim.Optimizer = "adamw",
+    lr: float | None = None, weight_decay: float | None = None, batch_size: int | None = None,
+    warmup_epochs: float | None = None, min_lr_ratio: float = 0.0, scheduler: str | Any = "cosine",
+    mixing: str | Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = "cutmix", mix_alpha: float = 0.5,
+    grad_clip: float | None = None, device: str | torch.device = "auto", output_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None, seed: int | None = None, progress: bool = True,
+    live_plot: bool | LivePlot = False, callbacks: Iterable[Callable[[dict], Any]] = (), amp: bool = True,
+    teacher_bf16: bool | None = None, compile: bool = False, num_workers: int = 0, eval_batch_size: int | None = None,
+    run_info: dict[str, Any] | None = None, test_data: Any = None,
+) -> History:
+    """Train ``model`` on ``train_data`` for ``epochs`` epochs, distilled from ``teacher`` if given; return the History.
+
+    ``model`` is the student (e.g. :func:`titn_edu.build_model`) or any classifier. The data are Datasets of
+    ``(image, label)``, DataLoaders, :class:`~titn_edu.device_data.DeviceLoader` or ``(images, labels)`` pairs;
+    ``val_data`` is scored after every epoch and picks ``best.pt``, ``test_data`` is scored for the record only.
+    ``teacher``, a trained classifier with the student's classes, is frozen and sees the student's mixed
+    batches (a single-head student uses its one head for both terms). The other arguments are settings,
+    documented in :class:`FitConfig`; the epochs' records in :class:`History`.
+
+    Each epoch runs :func:`train_one_epoch` (Algorithm 2 on every batch), scores the data, saves the
+    :class:`RunFolder` and calls the callbacks. The first Ctrl-C finishes the current step and returns the
+    history so far; a non-finite loss stops the run with advice (status ``"diverged"`` and a warning).
+    The model is left in ``eval()`` mode (a TITN then returns the mean of its two heads).
+    """
+    _check_models(model, teacher)
+    config = FitConfig(
+        epochs=epochs, loss=loss, optimizer=optimizer, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+        warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, scheduler=scheduler, mixing=mixing,
+        mix_alpha=mix_alpha, grad_clip=grad_clip, device=device, output_dir=output_dir, resume=resume, seed=seed,
+        progress=progress, live_plot=live_plot, callbacks=callbacks, amp=amp, teacher_bf16=teacher_bf16,
+        compile=compile, num_workers=num_workers, eval_batch_size=eval_batch_size, run_info=run_info,
+    )
+    run = _set_up(model, teacher, train_data, val_data, test_data, config)  # seed, device, data, optimiser
+    folder, history, done = _open_run_folder(run, config)  # with resume: weights, optimiser, history, RNG
+    if done >= epochs:
+        return _nothing_to_do(model, history, done, epochs)
+    plot = live_plot if isinstance(live_plot, LivePlot) else (LivePlot() if live_plot else None)
+    stop: tuple[str, str] | None = None  # (status, message) of a run that ends early
+    with _GracefulInterrupt() as interrupt, _epoch_bar(done, epochs, progress) as epoch_bar:
         try:
             for epoch in epoch_bar:
-                model.train()
-                if teacher is not None:
-                    teacher.eval()
-                t0 = time.perf_counter()
-                sums = {"loss": 0.0, "class": 0.0, "distill": 0.0}
-                counts = torch.zeros(4, dtype=torch.long, device=dev)  # top1, top5, agree, agree-total
-                seen, has_distill = 0, False
-                batch_bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                                 disable=not progress, dynamic_ncols=True)
-                for step, batch in enumerate(batch_bar):
-                    images, labels = _unpack(batch)
-                    images = images.to(dev, non_blocking=True)
-                    if channels_last and images.dim() == 4:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    labels = labels.to(dev, non_blocking=True)
-                    targets = labels
-                    if mixer is not None:
-                        images, targets = mixer(images, labels)
-                    with _autocast(dev, amp):
-                        class_logits, distill_logits = _split_output(train_model(images))
-                        teacher_logits = None
-                        if teacher is not None:
-                            try:
-                                teacher_logits = teacher_logits_fn(teacher, images, bf16=teacher_bf16,
-                                                                   channels_last=teacher_channels_last)
-                            except RuntimeError as err:
-                                if not first_step:
-                                    raise
-                                raise ValueError(
-                                    f"the teacher cannot process the training images {tuple(images.shape)}: "
-                                    f"{str(err).splitlines()[0]}. Build it for the same dataset "
-                                    f"(in_chans, image size) as the student."
-                                ) from None
-                            if distill_logits is None:  # single-head student: classic distillation
-                                distill_logits = class_logits
-                    if hasattr(loss_fn, "terms"):
-                        terms = loss_fn.terms(class_logits, distill_logits, targets, teacher_logits)
-                        total, class_loss, distill_loss = terms.total, terms.class_loss, terms.distill_loss
-                    else:
-                        total = loss_fn(class_logits, distill_logits, targets, teacher_logits)
-                        class_loss = distill_loss = None
-                    value = float(total.detach())
-                    if not math.isfinite(value):
-                        last = f"last.pt holds epoch {start_epoch if not history else history[-1]['epoch']}" if out else "nothing was saved"
-                        stop_reason = ("diverged", (
-                            f"training stopped: the loss became {value} at epoch {epoch + 1}, step {step + 1}. "
-                            f"Likely causes: a learning rate too high for this model and batch size "
-                            f"(lr={opt.param_groups[0]['lr']:.3g}; try 3-10x lower, a warm-up, or grad_clip=1.0), "
-                            f"or bad data (NaN/inf pixels, wrong normalisation). The update was not applied; "
-                            f"{last}; best.pt is untouched."
-                        ))
-                        break
-                    lr_used = opt.param_groups[0]["lr"]
-                    opt.zero_grad(set_to_none=True)
-                    total.backward()
-                    if grad_clip is not None:
-                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    opt.step()
-                    sched.step()
-                    first_step = False
-
-                    n = labels.shape[0]
-                    seen += n
-                    sums["loss"] += value * n
-                    if class_loss is not None:
-                        sums["class"] += float(class_loss.detach()) * n
-                    if distill_loss is not None:
-                        has_distill = True
-                        sums["distill"] += float(distill_loss.detach()) * n
-                    with torch.no_grad():
-                        hard = targets.argmax(dim=-1) if targets.dim() == 2 else targets
-                        counts[:2] += _topk_hits(class_logits.detach().float(), hard, (1, 5))
-                        if teacher_logits is not None:
-                            counts[2] += (distill_logits.argmax(-1) == teacher_logits.argmax(-1)).sum()
-                            counts[3] += n
-                    if progress:
-                        batch_bar.set_postfix(loss=f"{value:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
-                    if interrupt.requested:
-                        break
-                batch_bar.close()
-                if stop_reason is not None:
-                    break
-                if interrupt.requested:
-                    stop_reason = ("interrupted", _interrupted_message(epoch, history, out))
-                    break
-
-                # ---------------------------------------------------------- end of epoch
-                top1, top5, agree, agree_n = counts.tolist()
-                record: dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "lr": lr_used,
-                    "train_loss": sums["loss"] / seen,
-                    "train_class_loss": sums["class"] / seen if class_loss is not None else None,
-                    "train_distill_loss": sums["distill"] / seen if has_distill else None,
-                    "train_top1": 100.0 * top1 / seen,
-                    "train_top5": 100.0 * top5 / seen,
-                    "teacher_agreement": 100.0 * agree / agree_n if agree_n else None,
-                }
-                if val_loader is not None:
-                    val = _eval_summary(model, val_loader, dev, amp, progress, desc="validate")
-                    record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
-                if test_loader is not None:
-                    test = _eval_summary(model, test_loader, dev, amp, progress, desc="test")
-                    record.update(test_loss=test["loss"], test_top1=test["top1"], test_top5=test["top5"])
-                record["seconds"] = time.perf_counter() - t0
-                record["finished_at"] = time.time()
+                # train_one_epoch (Algorithm 2 on every batch), then the validation and test scores
+                record = _fit_epoch(run, config, epoch, stop=lambda: interrupt.requested)
                 history.append(record)
-                current = record.get(monitor)
-                improved = isinstance(current, float) and math.isfinite(current) and (
-                    best_value is None or (current > best_value if mode == "max" else current < best_value)
-                )
-                if improved:
-                    best_value = current
-                save(record, best=improved)
-                if out is not None:
-                    history.save(out / "history.json")
-                if progress:
-                    epoch_bar.set_postfix({k: f"{record[k]:.4g}" for k in ("train_loss", "train_top1", "val_top1")
-                                           if isinstance(record.get(k), float)}, refresh=False)
-                if plot is not None:
-                    plot.update(history)
-                if [cb(record) for cb in callbacks].count(True) and epoch + 1 < epochs:
-                    stop_reason = ("stopped", f"a callback stopped training after epoch {epoch + 1}.")
+                folder.save(record, history, run)  # last.pt, best.pt if better, history.json
+                _show(record, history, epoch_bar if progress else None, plot)
+                if _callbacks_say_stop(config.callbacks, record) and epoch + 1 < epochs:
+                    stop = ("stopped", f"a callback stopped training after epoch {epoch + 1}.")
                     break
-                if interrupt.requested:
-                    stop_reason = ("interrupted", _interrupted_message(epoch + 1, history, out))
-                    break
+                if interrupt.requested:  # Ctrl-C during the evaluation or the callbacks
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
-            stop_reason = ("interrupted", _interrupted_message(None, history, out))
-        finally:
-            epoch_bar.close()
+            stop = ("interrupted", _interrupted_message(history, folder.path))
+        except NonFiniteLossError as err:
+            stop = ("diverged", f"{err} The update was not applied; {folder.last_saved(history, done)}; "
+                                f"best.pt is untouched.")
+    return _finish(model, history, folder, stop, epochs)
 
-    if stop_reason is None:
-        history.status, history.message = "completed", f"trained {epochs} epochs."
-    else:
-        history.status, history.message = stop_reason
-        if stop_reason[0] == "diverged":
-            warnings.warn(history.message, RuntimeWarning, stacklevel=2)
-        else:
-            tqdm.write(history.message)
-    if out is not None:
-        history.save(out / "history.json")
+
+def _fit_epoch(run: _Run, config: FitConfig, epoch: int, stop: Callable[[], bool]) -> dict[str, Any]:
+    """One epoch of :func:`fit`: train on every batch, then score the validation and test data."""
+    start = time.perf_counter()
+    record = {"epoch": epoch + 1, **train_one_epoch(
+        run.train_model, run.train_loader, run.optimizer, run.scheduler, config.loss, teacher=run.teacher,
+        mixer=run.mixer, device=run.device, amp=config.amp, teacher_bf16=run.teacher_bf16,
+        grad_clip=config.grad_clip, epoch=epoch, epochs=config.epochs, progress=config.progress, stop=stop,
+    )}
+    for split, loader, desc in (("val", run.val_loader, "validate"), ("test", run.test_loader, "test")):
+        if loader is not None:
+            scores = _eval_summary(run.model, loader, run.device, config.amp, config.progress, desc=desc)
+            record.update({f"{split}_loss": scores["loss"], f"{split}_top1": scores["top1"],
+                           f"{split}_top5": scores["top5"]})
+    record["seconds"] = time.perf_counter() - start
+    record["finished_at"] = time.time()
+    return record
+
+
+def _epoch_bar(done: int, epochs: int, progress: bool) -> tqdm:
+    return tqdm(range(done, epochs), desc="epochs", initial=done, total=epochs, disable=not progress,
+                dynamic_ncols=True)
+
+
+def _show(record: dict[str, Any], history: History, epoch_bar: Any, plot: LivePlot | None) -> None:
+    """The epoch's numbers on the progress bar (if any), the curves on the live plot (if any)."""
+    if epoch_bar is not None:
+        epoch_bar.set_postfix({k: f"{record[k]:.4g}" for k in ("train_loss", "train_top1", "val_top1")
+                               if isinstance(record.get(k), float)}, refresh=False)
+    if plot is not None:
+        plot.update(history)
+
+
+def _callbacks_say_stop(callbacks: list[Callable[[dict], Any]], record: dict[str, Any]) -> bool:
+    """Call every callback with the record (all of them, even after one asked to stop)."""
+    answers = [callback(record) for callback in callbacks]
+    return True in answers
+
+
+def _nothing_to_do(model: nn.Module, history: History, done: int, epochs: int) -> History:
+    history.status = "completed"
+    history.message = f"nothing to do: the checkpoint already holds {done} of {epochs} epochs."
     model.eval()
     return history
 
 
-def _interrupted_message(epoch: int | None, history: History, out: Path | None) -> str:
+def _finish(model: nn.Module, history: History, folder: RunFolder, stop: tuple[str, str] | None,
+            epochs: int) -> History:
+    """Record how the run ended (and say it), save ``history.json``, leave the model in ``eval()`` mode."""
+    history.status, history.message = stop if stop is not None else ("completed", f"trained {epochs} epochs.")
+    if history.status == "diverged":
+        warnings.warn(history.message, RuntimeWarning, stacklevel=3)  # points at fit's caller
+    elif stop is not None:
+        tqdm.write(history.message)
+    folder.save_history(history)
+    model.eval()
+    return history
+
+
+def _interrupted_message(history: History, out: Path | None) -> str:
     done = history[-1]["epoch"] if history else 0
     where = f"; {out / 'last.pt'} holds epoch {done} (resume with resume={str(out)!r})" if out is not None and history else ""
     return f"training interrupted after {done} complete epoch(s){where}."
+
+
+class _GracefulInterrupt:
+    """First SIGINT: finish the current step, then stop. Second SIGINT: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Interrupt received: finishing the current step, then stopping (interrupt again to stop at once).")
+
+    def __enter__(self) -> _GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:
+                self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

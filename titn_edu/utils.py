@@ -63,8 +63,7 @@ def seed_everything(seed: int) -> int:
     """Seed Python's ``random``, NumPy and PyTorch (CPU and every GPU); return ``seed``.
 
     Two CPU runs started with the same seed and the same arguments produce identical results on
-    one machine (where the CPU attention and linear kernels are chosen by timing, the choices are
-    kept on disk for later runs: :mod:`titn_edu.tuning`).
+    one machine.
     (On GPUs some kernels stay non-deterministic unless
     ``torch.use_deterministic_algorithms(True)`` is also set.)
     """

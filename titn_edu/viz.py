@@ -383,28 +383,11 @@ def attention_on_image(
     """
     plt = _pyplot()
     img = to_display(image, mean=mean, std=std)
-    att = _as_numpy(attention, "attention").astype(np.float32)
     h, w = img.shape[:2]
-    if att.ndim == 1:
-        side = math.isqrt(att.size)
-        if side * side != att.size:
-            raise ValueError(
-                f"attention over {att.size} tokens is not a square patch grid. If it still holds the class "
-                f"(first) and distillation (last) tokens, drop them, e.g. attention[1:-1]."
-            )
-        att = att.reshape(side, side)
-    if att.ndim != 2:
-        raise ValueError(f"attention must be (num_patches,) or (rows, cols); got shape {tuple(att.shape)}.")
-    rows, cols = att.shape
-    if h % rows or w % cols:
-        raise ValueError(f"a {rows}×{cols} attention grid does not tile a {h}×{w} image into whole patches.")
+    att = _patch_grid_of(attention, h, w)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}.")
-    if smooth:
-        up = torch.nn.functional.interpolate(torch.from_numpy(att)[None, None], size=(h, w), mode="bilinear",
-                                             align_corners=False)[0, 0].numpy()
-    else:
-        up = np.kron(att, np.ones((h // rows, w // cols), dtype=np.float32))
+    up = _upsample(att, h, w, smooth)
     span = float(up.max() - up.min())
     norm = (up - up.min()) / span if span > 1e-12 else np.zeros_like(up)
     heat = plt.get_cmap(cmap)(norm)[..., :3]
@@ -423,6 +406,34 @@ def attention_on_image(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _patch_grid_of(attention, h: int, w: int) -> np.ndarray:
+    """``attention`` as a ``(rows, cols)`` float32 grid that tiles an ``h × w`` image into whole patches."""
+    att = _as_numpy(attention, "attention").astype(np.float32)
+    if att.ndim == 1:
+        side = math.isqrt(att.size)
+        if side * side != att.size:
+            raise ValueError(
+                f"attention over {att.size} tokens is not a square patch grid. If it still holds the class "
+                f"(first) and distillation (last) tokens, drop them, e.g. attention[1:-1]."
+            )
+        att = att.reshape(side, side)
+    if att.ndim != 2:
+        raise ValueError(f"attention must be (num_patches,) or (rows, cols); got shape {tuple(att.shape)}.")
+    rows, cols = att.shape
+    if h % rows or w % cols:
+        raise ValueError(f"a {rows}×{cols} attention grid does not tile a {h}×{w} image into whole patches.")
+    return att
+
+
+def _upsample(att: np.ndarray, h: int, w: int, smooth: bool) -> np.ndarray:
+    """A ``(rows, cols)`` grid at image size ``h × w``: one flat block per patch, or bilinear with ``smooth``."""
+    if smooth:
+        return torch.nn.functional.interpolate(torch.from_numpy(att)[None, None], size=(h, w), mode="bilinear",
+                                               align_corners=False)[0, 0].numpy()
+    rows, cols = att.shape
+    return np.kron(att, np.ones((h // rows, w // cols), dtype=np.float32))
 
 
 def position_similarity(pos_embed, *, num_prefix: int = 0, num_suffix: int = 0, title: str | None = None) -> Figure:

@@ -1,0 +1,99 @@
+"""Part I, notebook 01 (patches and pixels): cutting an image into patches, and patches into pixels.
+
+:func:`patchify` and :func:`pixelify` check a student's ``einops.rearrange`` against
+:func:`titn_edu.patchify` and :func:`titn_edu.pixelify` (paper §3.1: an image becomes ``N`` patches,
+each patch ``P`` pixels). When the numbers are right but in another order, the hint names the
+axis order that produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from ..embeddings import patchify as reference_patchify
+from ..embeddings import pixelify as reference_pixelify
+from .harness import Case, difference, first_hint, generator, keeps_global_rng, passed, require_callable
+
+__all__ = ["patchify", "pixelify"]
+
+
+@keeps_global_rng
+def patchify(student_fn: Callable) -> None:
+    """Check :func:`titn_edu.patchify`: ``student_fn(images, patch_size)``, ``(B, C, H, W) -> (B, N, p·p·C)``.
+
+    Patches in row-major order; inside a patch the values ordered (row, column, channel).
+    """
+    require_callable("patchify", student_fn, "a function (images, patch_size) -> Tensor")
+    check, reference = "patchify", "titn_edu.patchify"
+    configs = [((2, 3, 8, 8), 4), ((1, 1, 28, 28), 7), ((2, 3, 32, 32), 8), ((1, 3, 16, 8), 4), ((2, 3, 32, 32), 16)]
+    images = _image_cases(50, [c[0] for c in configs])
+    total = len(configs)
+    for i, ((shape, p), x) in enumerate(zip(configs, images)):
+        case = Case(check, i, total, f"images {tuple(shape)}, patch_size={p}")
+        want = reference_patchify(x, p)
+        inputs = dict(images=x.clone())
+        got = case.call(student_fn, inputs["images"], p)
+        case.unchanged(inputs, dict(images=x))
+        problem = difference(got, want, "patches")
+        if problem:
+            hint = first_hint(got, ((rearrange(x, pattern, p1=p, p2=p), text) for pattern, text in _PATCH_MISTAKES))
+            if hint is None and isinstance(got, Tensor) and got.shape == want.shape and torch.equal(
+                    got.reshape(shape[0], -1).sort(-1).values, want.reshape(shape[0], -1).sort(-1).values):
+                hint = "you have the right numbers in a different order: check the axis order of your rearrange."
+            case.fail(problem, hint)
+    passed(check, total, reference)
+
+
+#: Wrong patch orders and what to change; the right one is ``"b c (h p1) (w p2) -> b (h w) (p1 p2 c)"``.
+_PATCH_MISTAKES = [
+    ("b c (h p1) (w p2) -> b (w h) (p1 p2 c)", "your patches are in column-major order; number them row by row: '(h w)'."),
+    ("b c (h p1) (w p2) -> b (h w) (c p1 p2)", "inside a patch order the values (row, column, channel): '(p1 p2 c)', not '(c p1 p2)'."),
+    ("b c (h p1) (w p2) -> b (h w) (p2 p1 c)", "inside a patch go row by row: '(p1 p2 c)', not '(p2 p1 c)'."),
+    ("b c (p1 h) (p2 w) -> b (h w) (p1 p2 c)", "a patch is a block of neighbouring pixels: split the height as '(h p1)', not '(p1 h)'."),
+]
+
+
+@keeps_global_rng
+def pixelify(student_fn: Callable) -> None:
+    """Check :func:`titn_edu.pixelify`: ``student_fn(images, patch_size, pixel_size)``,
+    ``(B, C, H, W) -> (B, N, P, m·m·C)``: patches and the pixels inside each patch in row-major
+    order, a pixel's values ordered (row, column, channel)."""
+    require_callable("pixelify", student_fn, "a function (images, patch_size, pixel_size) -> Tensor")
+    check, reference = "pixelify", "titn_edu.pixelify"
+    configs = [((2, 3, 8, 8), 4, 2), ((1, 1, 28, 28), 14, 7), ((2, 3, 32, 32), 8, 2), ((1, 3, 16, 16), 8, 4)]
+    images = _image_cases(60, [c[0] for c in configs])
+    total = len(configs)
+    for i, ((shape, p, m), x) in enumerate(zip(configs, images)):
+        case = Case(check, i, total, f"images {tuple(shape)}, patch_size={p}, pixel_size={m}")
+        want = reference_pixelify(x, p, m)
+        inputs = dict(images=x.clone())
+        got = case.call(student_fn, inputs["images"], p, m)
+        case.unchanged(inputs, dict(images=x))
+        problem = difference(got, want, "pixels")
+        if problem:
+            k = p // m
+            dims = dict(ph=k, pw=k, m1=m, m2=m)
+            hint = first_hint(got, ((rearrange(x, pattern, **dims), text) for pattern, text in _PIXEL_MISTAKES))
+            if hint is None and isinstance(got, Tensor) and got.shape == (shape[0], (shape[2] // p) ** 2, k * k, m * m * shape[1]):
+                hint = "right shape, wrong order: check the axis order of your rearrange."
+            case.fail(problem, hint)
+    passed(check, total, reference)
+
+
+#: Wrong pixel orders and what to change; the right one is
+#: ``"b c (h ph m1) (w pw m2) -> b (h w) (ph pw) (m1 m2 c)"``.
+_PIXEL_MISTAKES = [
+    ("b c (h ph m1) (w pw m2) -> b (w h) (ph pw) (m1 m2 c)", "number the patches row by row: '(h w)'."),
+    ("b c (h ph m1) (w pw m2) -> b (h w) (pw ph) (m1 m2 c)", "number the pixels inside a patch row by row: '(ph pw)'."),
+    ("b c (h ph m1) (w pw m2) -> b (h w) (ph pw) (c m1 m2)", "order a pixel's values (row, column, channel): '(m1 m2 c)'."),
+    ("b c (ph h m1) (pw w m2) -> b (h w) (ph pw) (m1 m2 c)", "split the image into patches first, then each patch into pixels: '(h ph m1)'."),
+]
+
+
+def _image_cases(seed0: int, shapes: Sequence[tuple]) -> list[Tensor]:
+    """One random image batch per shape, each from its own seed."""
+    return [torch.randn(shape, generator=generator(seed0 + i)) for i, shape in enumerate(shapes)]
