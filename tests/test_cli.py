@@ -233,3 +233,14 @@ def test_a_shipped_teacher_for_another_dataset_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", *argv, "--output", str(tmp_path / "o")])
     assert exc.value.code == 2 and "cifar10, not mnist" in capsys.readouterr().err
+
+
+def test_another_model_than_the_presets_drops_the_presets_model_arguments():
+    from titn_edu.cli import _settings, build_parser
+
+    parser = build_parser()
+    other = _settings(parser.parse_args(["train", "--preset", "cifar10-quick", "--model", "vit-tiny",
+                                         "--model-arg", "depth=2"]), parser, None)
+    assert other["model"] == "vit-tiny" and other["model_args"] == {"depth": 2}
+    same = _settings(parser.parse_args(["train", "--preset", "cifar10-quick", "--model", "titn"]), parser, None)
+    assert same["model_args"]["outer_dim"] == 192 and same["model_args"]["depth"] == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -97,3 +99,23 @@ def test_shipped_models_and_a_short_continuation():
         course.continue_training(preset, student, train, teacher=None, lr_scale=2.0)
     with pytest.raises(ValueError, match="unknown pretrained model 'teacher-svhn'"):
         course.shipped_teacher("svhn")
+
+
+def test_the_recorded_course_grid_parses_and_changes_one_thing_per_variant():
+    """scripts/course_runs.py: every variant is a valid titn-edu train command, one change away from TITN."""
+    import importlib.util
+
+    from titn_edu.cli import _settings, build_parser
+
+    spec = importlib.util.spec_from_file_location("course_runs", Path(__file__).parents[1] / "scripts" / "course_runs.py")
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    parser = build_parser()
+    settings = {name: _settings(parser.parse_args(["train", *grid.BASE, *flags, "--output", "x"]), parser, None)
+                for name, (_, flags) in grid.VARIANTS.items()}
+    keys = ("model", "teacher", "mixing", "distillation", "tau")
+    titn = {k: settings["titn"][k] for k in keys}
+    for name, s in settings.items():
+        assert s["limit"] == 10_000 and s["epochs"] == 12 and s["model_args"] == {}, name
+        changed = {k for k in keys if s[k] != titn[k]} - {"tau"}
+        assert name == "titn" or 1 <= len(changed) <= 2, (name, changed)   # ViT/TNT: model and teacher go together

@@ -149,7 +149,9 @@ def _add_model_flags(tr: argparse.ArgumentParser) -> None:
 
     tr.add_argument("--preset", choices=sorted(PRESETS), help="a ready configuration (flags override its values)")
     tr.add_argument("--dataset", choices=DATASETS, help="dataset (required without --preset)")
-    tr.add_argument("--model", choices=list_models(), help="student model (build_model name)")
+    tr.add_argument("--model", choices=list_models(),
+                    help="student model (build_model name); a model other than the preset's drops the preset's "
+                         "--model-arg values")
     tr.add_argument("--model-arg", dest="model_args", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                     help="override a student constructor argument, e.g. --model-arg depth=6 (repeatable)")
     tr.add_argument("--teacher", help="teacher: a name to train first (e.g. vgg16_bn, cnn-small, resnet18), "
@@ -299,6 +301,8 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
     settings.setdefault("limit", None)
     settings.setdefault("test_limit", None)
     settings.update({k: v for k, v in flags.items() if v is not None})
+    if args.model is not None and args.model != base.get("model"):
+        settings["model_args"] = {}  # the preset's model arguments belong to the preset's model
     settings["model_args"] = dict(settings.get("model_args") or {}, **dict(args.model_args))
     settings["teacher_args"] = dict(settings.get("teacher_args") or {}, **dict(args.teacher_args))
     settings["preset"] = settings.get("preset") if resumed is not None else args.preset

@@ -41,8 +41,8 @@ __all__ = [
     "continue_training",
 ]
 
-#: The CPU budget of notebooks 06-09: the ``mnist-quick`` preset on a class-balanced subset of MNIST (the
-#: full preset trains on all 60,000 images: ``titn-edu train --preset mnist-quick``).
+#: The CPU budget of notebook 08's training run: class-balanced subsets of the training and test splits
+#: (the recorded course runs of ``scripts/course_runs.py`` train on the same 10,000 training images).
 CPU_BUDGET: dict[str, int] = {"limit": 10_000, "test_limit": 2_000}
 
 _REQUIRED = ("dataset", "model", "epochs", "optimizer", "batch_size", "mixing", "alpha", "distillation")
