@@ -18,6 +18,7 @@ from . import device_data
 from .device_data import BatchAugment, DeviceLoader
 from .teachers import build_teacher, freeze, list_teachers, teacher_logits
 from . import losses, metrics, train
+from . import distributed
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .losses import TITNLoss, cutmix_cross_entropy
 from .train import evaluate, fit
@@ -75,6 +76,7 @@ __all__ = [
     "losses",
     "metrics",
     "train",
+    "distributed",
     "TITNLoss",
     "cutmix_cross_entropy",
     "save_checkpoint",

@@ -58,8 +58,15 @@ class UnsafeCheckpointError(CheckpointError):
 
 # ----------------------------------------------------------------------------- model <-> spec
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The original module behind ``torch.compile`` (whose state dict keys carry a prefix)."""
-    return getattr(model, "_orig_mod", model)
+    """The original module behind ``torch.compile`` and ``DistributedDataParallel`` (whose state dict keys
+    carry a prefix: ``_orig_mod.``, ``module.``)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def model_spec(model: nn.Module) -> dict[str, Any] | None:

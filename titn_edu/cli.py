@@ -6,6 +6,7 @@
     titn-edu train --preset paper-cifar10 --output runs/c10        # the paper's settings (GPU)
     titn-edu train --dataset mnist --model titn-tiny --teacher none --epochs 3 --output runs/x
     titn-edu train --resume runs/c10                                # continue an interrupted run
+    torchrun --standalone --nproc_per_node=4 -m titn_edu train --preset paper-cifar10 --output runs/c10  # 4 GPUs
     titn-edu evaluate runs/quick/student/best.pt --dataset mnist
     titn-edu data export cifar10 --out /media/usb/titn-data         # stage data for offline machines
 
@@ -213,6 +214,11 @@ def _add_run_flags(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--resume", help="continue the run in this folder (teacher and student)")
     tr.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, help="random seed (default 0)")
     tr.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    tr.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default="auto",
+                    help="under torchrun: the processes' backend (auto = nccl on CUDA, gloo on CPU)")
+    tr.add_argument("--dist-timeout", type=_positive_float("--dist-timeout"), default=600.0, metavar="SECONDS",
+                    help="under torchrun: how long a process waits for the others before the job stops "
+                         "(default 600)")
 
 
 def _add_evaluate_command(sub: Any) -> None:
@@ -268,16 +274,21 @@ def _auto_threads() -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
-def _set_threads(value: int | str, device: torch.device) -> int:
+def _set_threads(value: int | str, device: torch.device, processes: int = 1) -> int:
+    """PyTorch's threads; ``auto``: the idle cores, shared by the ``processes`` of this machine (torchrun)."""
     if device.type == "cpu":
-        torch.set_num_threads(_auto_threads() if value == "auto" else int(value))
+        torch.set_num_threads(max(1, _auto_threads() // processes) if value == "auto" else int(value))
     elif value != "auto":
         torch.set_num_threads(int(value))
     return torch.get_num_threads()
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    """Print a line of the run's report (under torchrun: from rank 0 only)."""
+    from .distributed import current
+
+    if current().rank == 0:
+        print(text, flush=True)
 
 
 def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed: dict | None) -> dict[str, Any]:
@@ -421,25 +432,46 @@ def _train_stage(model, train, val, *, out: Path, resume: bool, **kwargs):
 
 
 def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``titn-edu train``: the teacher (trained here, loaded or none), then the student, then metrics.json."""
+    """``titn-edu train``: the teacher (trained here, loaded or none), then the student, then metrics.json.
+
+    Under ``torchrun`` every process runs this command; they join one job and train together
+    (:mod:`titn_edu.distributed`), and rank 0 alone writes the run folder.
+    """
     start = time.perf_counter()
-    from .utils import resolve_device, save_json, seed_everything
+    from . import distributed
+    from .utils import resolve_device
+
+    world, device = distributed.start(resolve_device(args.device), backend=args.dist_backend,
+                                      timeout=args.dist_timeout)
+    try:
+        return _train(args, parser, world, device, start)
+    finally:
+        distributed.stop()
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any, device: torch.device,
+           start: float) -> int:
+    """The body of ``titn-edu train`` for one process (of ``world``), which trains on ``device``."""
+    from .distributed import check_same, one_process_per_node_first
+    from .utils import save_json, seed_everything
 
     s = _settings(args, parser, _resumed_settings(args, parser))
     if not args.output:
         parser.error("train needs --output DIR (where checkpoints and metrics.json go)")
     teacher_kind, teacher_ref = _resolve_teacher(s["teacher"], parser)
     _check_shipped_teacher(teacher_kind, teacher_ref, s["dataset"], parser)
+    check_same("the command's settings", s)  # several processes: all started alike (before anything is written)
     out = Path(args.output).expanduser()
-    device = resolve_device(args.device)
-    threads = _set_threads(args.threads, device)
+    threads = _set_threads(args.threads, device, world.local_size)
     seed_everything(s["seed"])
     student, teacher = _build_models(s, teacher_kind, teacher_ref, parser)
-    out.mkdir(parents=True, exist_ok=True)
     record = _new_record(args, s, out, device, threads)
-    save_json(out / "metrics.json", record)  # the settings are on disk from the start (for --resume)
-
-    train, val, test = _datasets(s, args.data_root, args.download)
+    record["config"]["world_size"] = world.size
+    if world.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(out / "metrics.json", record)  # the settings are on disk from the start (for --resume)
+    with one_process_per_node_first():  # several processes on a machine: one of them downloads, if need be
+        train, val, test = _datasets(s, args.data_root, args.download)
     _say(f"{s['dataset']}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test "
          f"images; device {device}, {threads} thread(s)")
     device_data = _use_device_data(args.device_data, s.get("device_data"), device, train)
@@ -613,7 +645,7 @@ def _teacher_row(teacher: torch.nn.Module, kind: str, ref: Any, test: Any, devic
     """The teacher's test metrics for metrics.json, with its name."""
     from .train import evaluate
 
-    row = _metrics_row(evaluate(teacher, test, device=device))
+    row = _metrics_row(evaluate(teacher, test, device=device, all_processes=True))  # torchrun: shared out
     row["name"] = {"name": ref, "pretrained": f"{PRETRAINED_PREFIX}{ref}"}.get(kind, str(ref))
     return row
 
@@ -649,11 +681,14 @@ def _student_stage(stage: _Stages, student: torch.nn.Module, teacher: torch.nn.M
 
 def _finish_run(stage: _Stages, student: torch.nn.Module, teacher_kind: str, teacher_ref: Any) -> None:
     """Score the trained student on the test set and complete metrics.json."""
+    from .distributed import current
     from .train import evaluate
     from .utils import save_json
 
     out, record, best_or_last = stage.out, stage.record, "best.pt" if stage.val is not None else "last.pt"
-    row = _metrics_row(evaluate(student, stage.test, device=stage.device))
+    row = _metrics_row(evaluate(student, stage.test, device=stage.device, all_processes=True))  # torchrun: shared out
+    if current().rank != 0:  # several processes: rank 0 writes metrics.json
+        return
     record.update(row)
     record["checkpoints"] = {
         "student": str(out / "student" / best_or_last),
@@ -722,16 +757,20 @@ def _timeline(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _stopped(record: dict[str, Any], history: Any, out: Path, stage: str) -> int:
+    """Record and say (under torchrun: rank 0) how a stage ended early; return the exit code."""
+    from .distributed import current
     from .utils import save_json
 
+    code = {"interrupted": 130, "stopped": EXIT_SLICE}.get(history.status, 1)
+    if current().rank != 0:
+        return code
     record["status"] = f"{stage} {history.status}"
     record["message"] = history.message
     save_json(out / "metrics.json", record)
     print(f"titn-edu: {stage} training {history.status}: {history.message}", file=sys.stderr)
-    if history.status in ("interrupted", "stopped"):
+    if code != 1:
         print(f"titn-edu: continue with: titn-edu train --resume {out}", file=sys.stderr)
-        return 130 if history.status == "interrupted" else EXIT_SLICE
-    return 1
+    return code
 
 
 def _cmd_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -790,11 +829,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         # Clear, expected problems (missing data, unreadable checkpoint, bad combination of settings):
         # the message says what to do; a traceback would only hide it.
-        print(f"titn-edu: error: {err}", file=sys.stderr)
+        _error(str(err))
         return 1
     except KeyboardInterrupt:
         print("titn-edu: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        from .distributed import lost_a_process
+
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not lost_a_process(err):  # not a torchrun job's failure
+            raise
+        _error(f"another process of this job stopped, or stopped answering ({str(err).splitlines()[0][:300]}). "
+               f"last.pt in the run folder holds the last complete epoch: continue with the same torchrun "
+               f"command and --resume {getattr(args, 'output', None) or 'DIR'}")
+        return 1
+
+
+def _error(text: str) -> None:
+    """``titn-edu: error: ...`` on stderr; under torchrun it names the process that says it."""
+    rank, size = os.environ.get("RANK"), int(os.environ.get("WORLD_SIZE", "1"))
+    who = f" (process {rank} of {size})" if size > 1 and rank is not None else ""
+    print(f"titn-edu{who}: error: {text}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

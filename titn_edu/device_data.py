@@ -30,10 +30,11 @@ Randomness comes from torch's generator of the device (seeded by ``titn_edu.seed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -219,6 +220,9 @@ class DeviceLoader:
         policy_group: see :class:`BatchAugment`.
 
     ``len(loader)`` is the number of batches; iterating yields ``(images, labels)`` on the device.
+    The attribute ``sampler`` (``None``: :meth:`epoch_order`) may hold the indices of every epoch
+    instead (a list or a ``Sampler``): with several processes (:mod:`titn_edu.distributed`),
+    ``fit`` gives each process a copy of the loader whose sampler yields its share of every batch.
     """
 
     def __init__(
@@ -250,17 +254,24 @@ class DeviceLoader:
         self.batch_size, self.train = batch_size, bool(train)
         self.drop_last = self.train and len(dataset) > batch_size
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.sampler: Sequence[int] | Sampler[int] | None = None
 
     def __len__(self) -> int:
-        n = self.images.shape[0]
+        n = self.images.shape[0] if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch_order(self) -> Tensor:
+        """The indices of one epoch when the loader runs alone: a new permutation (``train``) or ``0 … n-1``."""
         n = self.images.shape[0]
         if self.train:
-            order = torch.randperm(n, generator=self.generator).to(self.device)
+            return torch.randperm(n, generator=self.generator).to(self.device)
+        return torch.arange(n, device=self.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.sampler is None:
+            order = self.epoch_order()
         else:
-            order = torch.arange(n, device=self.device)
+            order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.device)
         for step in range(len(self)):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             yield self.transform(self.images[index]), self.targets[index]

@@ -32,6 +32,10 @@ The learning rate follows the schedule step by step. Reliability is built in: ev
 ``resume=`` continues a run exactly where its last checkpoint left it; the first Ctrl-C (Jupyter:
 "interrupt kernel") finishes the current step and returns the history so far; a non-finite loss
 stops the run with an explanation and never touches ``best.pt``.
+
+Several processes (``torchrun``, :mod:`titn_edu.distributed`): when every process of a job calls
+``fit``, they train one model together with DistributedDataParallel, ``batch_size`` being the global
+batch; the loop above is the same, with a few clearly named calls into :mod:`titn_edu.distributed`.
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import _unwrap, load_checkpoint, model_spec, save_checkpoint
 from .device_data import DeviceLoader
+from .distributed import World
 from .losses import TITNLoss
 from .metrics import _topk_hits, confusion_matrix, count_flops, precision_recall_f1
 from .model import count_parameters
@@ -257,7 +263,11 @@ def _as_dataset(data: Any, what: str) -> Dataset | DataLoader | DeviceLoader:
     )
 
 
-def _loader(data: Any, *, batch_size: int, train: bool, num_workers: int, pin: bool) -> DataLoader | DeviceLoader:
+def _loader(data: Any, *, batch_size: int, train: bool, num_workers: int, pin: bool,
+            world: World = World()) -> DataLoader | DeviceLoader:
+    if world.distributed:  # several processes: this one's share (titn_edu.distributed.loader)
+        return distributed.loader(data, batch_size=batch_size, train=train, world=world, num_workers=num_workers,
+                                  pin=pin)
     if isinstance(data, (DataLoader, DeviceLoader)):
         return data
     n = len(data)  # type: ignore[arg-type]
@@ -340,6 +350,9 @@ def train_step(
     optional gradient clipping, ``optimizer.step()`` and ``scheduler.step()`` (stepped every batch).
 
     A non-finite loss is returned as it is and the update is *not* applied (``hits`` is ``None``).
+    With several processes (:mod:`titn_edu.distributed`: ``student`` wrapped in DDP) every process
+    calls it on its share of the batch; ``loss`` is then the whole batch's (the mean over the
+    processes), so a NaN on one process skips the update on all of them.
     ``teacher_bf16`` and ``teacher_channels_last`` go to :func:`titn_edu.teachers.teacher_logits`.
     ``first_step``: a teacher that cannot take these images raises a ``ValueError`` that says so.
     """
@@ -355,7 +368,8 @@ def train_step(
                 distill_logits = class_logits
     # Alg. 2 lines 4-10: α·L_CM(class head, mixed labels) + (1-α)·CE(distillation head, argmax teacher)
     total, class_loss, distill_loss = _loss_terms(loss_fn, class_logits, distill_logits, targets, teacher_logits)
-    value, lr = float(total.detach()), optimizer.param_groups[0]["lr"]
+    value = distributed.mean_over_processes(total.detach())  # one process: float(total)
+    lr = optimizer.param_groups[0]["lr"]
     if not math.isfinite(value):
         return StepResult(value, None, None, lr, labels.shape[0], None)
     optimizer.zero_grad(set_to_none=True)
@@ -436,6 +450,17 @@ class _EpochTotals:
         self.hits += step.hits
         self.lr = step.lr
 
+    def combine_processes(self) -> None:
+        """With several processes: the sums over all of them (the whole epoch); nothing changes in one process."""
+        if not distributed.current().distributed:
+            return
+        sums = torch.tensor([self.images, self.loss, self.class_loss, self.distill_loss, self.has_class_loss,
+                             self.has_distill_loss], dtype=torch.float64)
+        sums = distributed.sum_over_processes(torch.cat([sums, self.hits.cpu().double()]))
+        self.images, self.loss, self.class_loss, self.distill_loss = int(sums[0]), *sums[1:4].tolist()
+        self.has_class_loss, self.has_distill_loss = bool(sums[4]), bool(sums[5])
+        self.hits = sums[6:].round().long()
+
     def record(self) -> dict[str, Any]:
         n = self.images
         top1, top5, agree, compared = self.hits.tolist()
@@ -493,10 +518,11 @@ def train_one_epoch(
             totals.add(result)
             if progress:
                 bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
-            if stop is not None and stop():
+            if stop is not None and distributed.any_process(stop()):  # several processes stop together
                 raise KeyboardInterrupt  # the step is done; the rest of the epoch is not
     finally:
         bar.close()
+    totals.combine_processes()  # several processes: the averages over the whole epoch, on every process
     if totals.images == 0:
         raise ValueError("the training data gave no batch.")
     return totals.record()
@@ -526,7 +552,7 @@ def _divergence_advice(result: StepResult, epoch: int, step: int) -> str:
 # ============================================================================ evaluation
 @torch.no_grad()
 def _predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool | str, progress: bool,
-             desc: str = "eval") -> tuple[Tensor, Tensor, float]:
+             desc: str = "eval") -> tuple[Tensor, Tensor, tuple[int, float, tuple | None]]:
     """Predicted classes and true labels (CPU); the top-5 hit count, summed CE loss and one image's shape."""
     preds, labels_all, top5, loss_sum, shape = [], [], 0, 0.0, None
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
@@ -546,19 +572,24 @@ def _predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
         top5 += int(_topk_hits(logits, labels, (5,))[0])
         preds.append(logits.argmax(dim=-1).cpu())
         labels_all.append(labels.cpu())
-    if not preds:
-        raise ValueError("the evaluation data are empty.")
+    if not preds:  # no data (or, with several processes, no batch for this one)
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), (0, 0.0, None)
     return torch.cat(preds), torch.cat(labels_all), (top5, loss_sum, shape)
 
 
-def _eval_summary(model, loader, device, amp, progress, desc="eval") -> dict[str, Any]:
+def _eval_summary(model, loader, device, amp, progress, desc="eval", shared: bool = False) -> dict[str, Any]:
+    """Loss, top-1, top-5 and the predictions; ``shared``: every process scored its batches, put them together."""
     was_training = model.training
     model.eval()
     try:
         preds, labels, (top5, loss_sum, shape) = _predict(model, loader, device, amp, progress, desc)
     finally:
         model.train(was_training)
+    if shared:
+        preds, labels, (top5, loss_sum, shape) = _put_together(preds, labels, top5, loss_sum, shape)
     n = labels.numel()
+    if n == 0:
+        raise ValueError("the evaluation data are empty.")
     return {
         "loss": loss_sum / n,
         "top1": 100.0 * (preds == labels).sum().item() / n,
@@ -568,6 +599,14 @@ def _eval_summary(model, loader, device, amp, progress, desc="eval") -> dict[str
         "num_samples": n,
         "input_shape": shape,
     }
+
+
+def _put_together(preds: Tensor, labels: Tensor, top5: int, loss_sum: float, shape: tuple | None) -> tuple:
+    """The predictions of every process's batches (:func:`titn_edu.distributed.whole_batches`): each image once."""
+    parts = distributed.gather((preds, labels, top5, loss_sum, shape))
+    shapes = [part[4] for part in parts if part[4] is not None]
+    return (torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts]),
+            (sum(part[2] for part in parts), sum(part[3] for part in parts), shapes[0] if shapes else None))
 
 
 def evaluate(
@@ -580,6 +619,7 @@ def evaluate(
     amp: bool = True,
     progress: bool = False,
     num_workers: int = 0,
+    all_processes: bool = False,
 ) -> dict[str, Any]:
     """The paper's Table 3 columns for ``model`` on ``data`` (a Dataset, DataLoader or (images, labels)).
 
@@ -588,6 +628,8 @@ def evaluate(
     (list of rows: true class × predicted class), ``params``, ``gflops`` (per image, FLOPs =
     2 × MACs), ``num_samples``, ``num_classes`` and ``seconds`` (wall time of the pass over the data).
     The model is run in ``eval()`` mode (TITN: mean of its two heads) and left in its previous mode.
+    ``all_processes=True`` in a job of several processes (:mod:`titn_edu.distributed`): every process
+    calls ``evaluate``, scores its share of ``data`` (a Dataset) and gets the metrics of all of it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
@@ -595,11 +637,12 @@ def evaluate(
     if num_classes is not None:
         _check_positive_int("num_classes", num_classes)
     dev = resolve_device(device)
+    world = _world_on(dev) if all_processes else World()
     model.to(dev)
     loader = _loader(_as_dataset(data, "data"), batch_size=batch_size, train=False, num_workers=num_workers,
-                     pin=dev.type == "cuda")
+                     pin=dev.type == "cuda", world=world)
     start = time.perf_counter()
-    summary = _eval_summary(model, loader, dev, amp, progress)
+    summary = _eval_summary(model, loader, dev, amp, progress, shared=world.distributed)
     seconds = time.perf_counter() - start
     classes = num_classes or _num_classes(model) or int(max(summary["preds"].max(), summary["labels"].max())) + 1
     cm = confusion_matrix(summary["preds"], summary["labels"], classes)
@@ -654,6 +697,8 @@ class FitConfig:
         optimizer: ``"paper"``/``"sgd"`` or ``"adamw"`` (:data:`titn_edu.presets.OPTIMIZER_PRESETS`), or a
             ready optimizer. ``lr``, ``weight_decay``, ``batch_size``, ``warmup_epochs`` override the preset's
             values (``None``: the preset's; ``warmup_epochs`` of ``"adamw"``: min(5, epochs / 10)).
+            With several processes (:mod:`titn_edu.distributed`) ``batch_size`` is the global batch,
+            shared by all of them, so the learning rate and its schedule do not depend on their number.
         min_lr_ratio: the cosine schedule ends at ``lr * min_lr_ratio``.
         scheduler: ``"cosine"`` (warm-up + cosine), ``"constant"``/``None``, or a ready LR scheduler;
             all are stepped every batch.
@@ -767,25 +812,60 @@ class _Run:
     mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    world: World = World()  # the processes training together (titn_edu.distributed); one by default
 
 
 def _set_up(model: nn.Module, teacher: nn.Module | None, train_data: Any, val_data: Any, test_data: Any,
             config: FitConfig) -> _Run:
-    """Seed; put the models on the device; wrap the data in loaders; build the mixer, optimiser and schedule."""
+    """Seed; put the models on the device; wrap the data in loaders; build the mixer, optimiser and schedule.
+
+    In a job of several processes (:mod:`titn_edu.distributed`) each process loads its share of the
+    data, trains the student wrapped in DistributedDataParallel and, unless it is rank 0, shows no progress.
+    """
     if config.seed is not None:
         seed_everything(config.seed)
     device = resolve_device(config.device)
+    world = _world_on(device)
+    if world.distributed:  # first, before a process could refuse something alone: the same run everywhere
+        identity = _run_identity(model, teacher, _as_dataset(train_data, "train_data"), config)
+        distributed.check_same("the run's settings, models or data", identity)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU
+        config.progress = config.progress and world.rank == 0
     teacher_bf16 = config.teacher_bf16
     if teacher_bf16 is None:
         teacher_bf16 = bool(config.amp) and device.type == "cuda" and torch.cuda.is_bf16_supported()
     _place_models(model, teacher, device)
-    train_loader, val_loader, test_loader = _loaders(train_data, val_data, test_data, config, device)
+    train_loader, val_loader, test_loader = _loaders(train_data, val_data, test_data, config, device, world)
     mixer = _mixer(config.mixing, config.mix_alpha, model)
     optimizer, scheduler = _optimizer_and_schedule(model, config, steps_per_epoch=len(train_loader))
-    train_model = torch.compile(model) if config.compile else model
+    train_model = distributed.wrap(model, device)  # several processes: DDP averages the gradients
+    train_model = torch.compile(train_model) if config.compile else train_model
     return _Run(model=model, train_model=train_model, teacher=teacher, device=device, teacher_bf16=teacher_bf16,
                 train_loader=train_loader, val_loader=val_loader, test_loader=test_loader, mixer=mixer,
-                optimizer=optimizer, scheduler=scheduler)
+                optimizer=optimizer, scheduler=scheduler, world=world)
+
+
+def _world_on(device: torch.device) -> World:
+    """The processes this one trains with (:mod:`titn_edu.distributed`), checked against its device."""
+    world = distributed.current()
+    if world.distributed:
+        distributed.check_backend(world.backend, device)
+    return world
+
+
+def _run_identity(model: nn.Module, teacher: nn.Module | None, train_data: Dataset | DataLoader | DeviceLoader,
+                  config: FitConfig) -> dict[str, Any]:
+    """What every process of a job must agree on: the settings, the models and the amount of training data."""
+    plain = (bool, int, float, str, type(None))
+    settings = {k: v for k, v in vars(config).items()
+                if isinstance(v, plain) and k not in ("device", "progress", "num_workers")}
+    images = train_data.images.shape[0] if isinstance(train_data, DeviceLoader) else len(train_data)
+    models = {name: (model_spec(m) or type(_unwrap(m)).__name__, count_parameters(m)) if m is not None else None
+              for name, m in (("student", model), ("teacher", teacher))}
+    return dict(settings, **models, loss=repr(config.loss) if isinstance(config.loss, nn.Module) else "custom",
+                optimizer_kind=type(config.optimizer).__name__, mixing_kind=type(config.mixing).__name__,
+                training_images=images)
 
 
 def _place_models(model: nn.Module, teacher: nn.Module | None, device: torch.device) -> None:
@@ -804,7 +884,8 @@ def _place_models(model: nn.Module, teacher: nn.Module | None, device: torch.dev
         )
 
 
-def _loaders(train_data: Any, val_data: Any, test_data: Any, config: FitConfig, device: torch.device) -> tuple:
+def _loaders(train_data: Any, val_data: Any, test_data: Any, config: FitConfig, device: torch.device,
+             world: World) -> tuple:
     """``(train, val, test)`` loaders (``None`` where no data was given)."""
     train_ds = _as_dataset(train_data, "train_data")
     val_ds = _as_dataset(val_data, "val_data") if val_data is not None else None
@@ -813,7 +894,7 @@ def _loaders(train_data: Any, val_data: Any, test_data: Any, config: FitConfig, 
         if isinstance(ds, DeviceLoader) and ds.device != device:
             raise ValueError(f"{what} is a DeviceLoader on {ds.device} but training runs on {device}; build it "
                              f"with device={str(device)!r} (or train with device={str(ds.device)!r}).")
-    common = dict(num_workers=config.num_workers, pin=device.type == "cuda")
+    common = dict(num_workers=config.num_workers, pin=device.type == "cuda", world=world)
     train_loader = _loader(train_ds, batch_size=config.batch_size, train=True, **common)
     val_loader = _loader(val_ds, batch_size=config.eval_batch_size, train=False, **common) if val_ds is not None else None
     test_loader = _loader(test_ds, batch_size=config.eval_batch_size, train=False, **common) if test_ds is not None else None
@@ -864,7 +945,8 @@ class RunFolder:
     After every epoch :meth:`save` writes ``last.pt`` (model, optimizer, scheduler, RNG states, the
     history so far: everything ``resume`` needs), ``best.pt`` too when ``monitor`` improved, and
     ``history.json``, each atomically (:func:`titn_edu.save_checkpoint`): a crash never leaves a
-    half-written file, and a run that diverges never touches ``best.pt``.
+    half-written file, and a run that diverges never touches ``best.pt``. In a job of several
+    processes only rank 0 writes (``writer``), and :meth:`save` returns on every process once it has.
     """
 
     path: Path | None
@@ -873,6 +955,7 @@ class RunFolder:
     best: float | None = None  # the best value of `monitor` so far
     fit_config: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint, as run_info
     run_info: dict[str, Any] = field(default_factory=dict)
+    writer: bool = True  # False: another process (rank 0 of a job, titn_edu.distributed) writes the files
 
     def improves(self, value: Any) -> bool:
         return isinstance(value, float) and math.isfinite(value) and (
@@ -886,6 +969,11 @@ class RunFolder:
             self.best = record[self.monitor]
         if self.path is None:
             return
+        if self.writer:
+            self._write(record, history, run, improved)
+        distributed.barrier()  # several processes: the files are on disk before any of them goes on
+
+    def _write(self, record: dict[str, Any], history: History, run: _Run, improved: bool) -> None:
         state = dict(optimizer=run.optimizer, scheduler=run.scheduler if hasattr(run.scheduler, "state_dict") else None,
                      epoch=record["epoch"], metrics=record, history=list(history),
                      best={"key": self.monitor, "mode": self.mode, "value": self.best}, fit_config=self.fit_config,
@@ -896,7 +984,7 @@ class RunFolder:
         history.save(self.path / "history.json")
 
     def save_history(self, history: History) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writer:
             history.save(self.path / "history.json")
 
     def last_saved(self, history: History, start_epoch: int) -> str:
@@ -916,7 +1004,9 @@ def _open_run_folder(run: _Run, config: FitConfig) -> tuple[RunFolder, History, 
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
     monitor, mode = ("val_top1", "max") if run.val_loader is not None else ("train_loss", "min")
-    return RunFolder(path, monitor, mode, best, _fit_config(run, config), dict(config.run_info or {})), history, done
+    folder = RunFolder(path, monitor, mode, best, _fit_config(run, config), dict(config.run_info or {}),
+                       writer=run.world.rank == 0)
+    return folder, history, done
 
 
 def _resume_path(resume: str | os.PathLike) -> Path:
@@ -972,7 +1062,7 @@ def _fit_config(run: _Run, config: FitConfig) -> dict[str, Any]:
         "seed": config.seed, "device": str(run.device),
         "teacher": type(_unwrap(run.teacher)).__name__ if run.teacher is not None else None,
         "teacher_bf16": run.teacher_bf16 if run.teacher is not None else None,
-        "loss": repr(config.loss),
+        "loss": repr(config.loss), "world_size": run.world.size,
     }
 
 
@@ -1001,7 +1091,8 @@ def fit(
     Each epoch runs :func:`train_one_epoch` (Algorithm 2 on every batch), scores the data, saves the
     :class:`RunFolder` and calls the callbacks. The first Ctrl-C finishes the current step and returns the
     history so far; a non-finite loss stops the run with advice (status ``"diverged"`` and a warning).
-    The model is left in ``eval()`` mode (a TITN then returns the mean of its two heads).
+    The model is left in ``eval()`` mode (a TITN then returns the mean of its two heads). Called by every
+    process of a job (``torchrun``), it trains them together with DDP: see :mod:`titn_edu.distributed`.
     """
     _check_models(model, teacher)
     config = FitConfig(
@@ -1017,18 +1108,18 @@ def fit(
         return _nothing_to_do(model, history, done, epochs)
     plot = live_plot if isinstance(live_plot, LivePlot) else (LivePlot() if live_plot else None)
     stop: tuple[str, str] | None = None  # (status, message) of a run that ends early
-    with _GracefulInterrupt() as interrupt, _epoch_bar(done, epochs, progress) as epoch_bar:
+    with _GracefulInterrupt() as interrupt, _epoch_bar(done, epochs, config.progress) as epoch_bar:
         try:
             for epoch in epoch_bar:
                 # train_one_epoch (Algorithm 2 on every batch), then the validation and test scores
                 record = _fit_epoch(run, config, epoch, stop=lambda: interrupt.requested)
                 history.append(record)
                 folder.save(record, history, run)  # last.pt, best.pt if better, history.json
-                _show(record, history, epoch_bar if progress else None, plot)
+                _show(record, history, epoch_bar if config.progress else None, plot)
                 if _callbacks_say_stop(config.callbacks, record) and epoch + 1 < epochs:
                     stop = ("stopped", f"a callback stopped training after epoch {epoch + 1}.")
                     break
-                if interrupt.requested:  # Ctrl-C during the evaluation or the callbacks
+                if distributed.any_process(interrupt.requested):  # Ctrl-C during the evaluation or the callbacks
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             stop = ("interrupted", _interrupted_message(history, folder.path))
@@ -1048,7 +1139,8 @@ def _fit_epoch(run: _Run, config: FitConfig, epoch: int, stop: Callable[[], bool
     )}
     for split, loader, desc in (("val", run.val_loader, "validate"), ("test", run.test_loader, "test")):
         if loader is not None:
-            scores = _eval_summary(run.model, loader, run.device, config.amp, config.progress, desc=desc)
+            scores = _eval_summary(run.model, loader, run.device, config.amp, config.progress, desc=desc,
+                                   shared=run.world.distributed)
             record.update({f"{split}_loss": scores["loss"], f"{split}_top1": scores["top1"],
                            f"{split}_top5": scores["top5"]})
     record["seconds"] = time.perf_counter() - start
@@ -1071,9 +1163,11 @@ def _show(record: dict[str, Any], history: History, epoch_bar: Any, plot: LivePl
 
 
 def _callbacks_say_stop(callbacks: list[Callable[[dict], Any]], record: dict[str, Any]) -> bool:
-    """Call every callback with the record (all of them, even after one asked to stop)."""
+    """Call every callback with the record (all of them, even after one asked to stop).
+
+    With several processes, one callback asking to stop on one process stops them all."""
     answers = [callback(record) for callback in callbacks]
-    return True in answers
+    return distributed.any_process(True in answers)
 
 
 def _nothing_to_do(model: nn.Module, history: History, done: int, epochs: int) -> History:
@@ -1087,9 +1181,9 @@ def _finish(model: nn.Module, history: History, folder: RunFolder, stop: tuple[s
             epochs: int) -> History:
     """Record how the run ended (and say it), save ``history.json``, leave the model in ``eval()`` mode."""
     history.status, history.message = stop if stop is not None else ("completed", f"trained {epochs} epochs.")
-    if history.status == "diverged":
+    if history.status == "diverged" and folder.writer:  # several processes: rank 0 says it
         warnings.warn(history.message, RuntimeWarning, stacklevel=3)  # points at fit's caller
-    elif stop is not None:
+    elif stop is not None and folder.writer:
         tqdm.write(history.message)
     folder.save_history(history)
     model.eval()
