@@ -244,3 +244,14 @@ def test_another_model_than_the_presets_drops_the_presets_model_arguments():
     assert other["model"] == "vit-tiny" and other["model_args"] == {"depth": 2}
     same = _settings(parser.parse_args(["train", "--preset", "cifar10-quick", "--model", "titn"]), parser, None)
     assert same["model_args"]["outer_dim"] == 192 and same["model_args"]["depth"] == 4
+
+
+def test_teacher_optimizer_and_learning_rate_flags_override_the_preset():
+    from titn_edu.cli import _settings, build_parser
+
+    parser = build_parser()
+    s = _settings(parser.parse_args(["train", "--preset", "cifar10-quick", "--teacher-optimizer", "adamw",
+                                     "--teacher-lr", "0.003"]), parser, None)
+    assert s["teacher_optimizer"] == "adamw" and s["teacher_lr"] == 0.003
+    default = _settings(parser.parse_args(["train", "--preset", "cifar10-quick"]), parser, None)
+    assert default["teacher_optimizer"] == "sgd" and default["teacher_lr"] == 0.2

@@ -164,6 +164,8 @@ def _add_model_flags(tr: argparse.ArgumentParser) -> None:
 def _add_recipe_flags(tr: argparse.ArgumentParser) -> None:
     """``train``: how to train (each flag overrides the preset's value)."""
     tr.add_argument("--teacher-epochs", type=_int_at_least(1, "--teacher-epochs"), help="epochs to train the teacher")
+    tr.add_argument("--teacher-optimizer", choices=["paper", "sgd", "adamw"], help="the teacher's optimisation preset")
+    tr.add_argument("--teacher-lr", type=_positive_float("--teacher-lr"), help="the teacher's peak learning rate")
     tr.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="epochs to train the student")
     tr.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="student batch size")
     tr.add_argument("--lr", type=_positive_float("--lr"), help="student peak learning rate")
@@ -303,6 +305,7 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
         base = dict(DEFAULTS)
     flags = dict(
         dataset=args.dataset, model=args.model, teacher=args.teacher, teacher_epochs=args.teacher_epochs,
+        teacher_optimizer=args.teacher_optimizer, teacher_lr=args.teacher_lr,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         warmup_epochs=args.warmup_epochs, mixing=args.mixing, distillation=args.distillation, alpha=args.alpha,
         tau=args.tau, limit=args.limit, test_limit=args.test_limit, val_size=args.val_size, augment=args.augment,
