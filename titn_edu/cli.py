@@ -487,6 +487,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any
     if teacher is not None:
         record["teacher"] = _teacher_row(teacher, teacher_kind, teacher_ref, test, device)
         _say(_summary("teacher", record["teacher"]))
+        _warn_if_at_chance(record["teacher"], s["dataset"])
     student, history = _student_stage(stage, student, teacher)
     if history.status != "completed":
         return _stopped(record, history, out, "student")
@@ -651,6 +652,18 @@ def _teacher_row(teacher: torch.nn.Module, kind: str, ref: Any, test: Any, devic
     row = _metrics_row(evaluate(teacher, test, device=device, all_processes=True))  # torchrun: shared out
     row["name"] = {"name": ref, "pretrained": f"{PRETRAINED_PREFIX}{ref}"}.get(kind, str(ref))
     return row
+
+
+def _warn_if_at_chance(row: dict[str, Any], dataset: str) -> None:
+    """A teacher no better than guessing gives the distillation head nothing to learn: say so before the
+    student trains (often a diverged teacher: too few warm-up steps for its learning rate on little data)."""
+    from .data import NUM_CLASSES
+
+    chance = 100.0 / NUM_CLASSES[dataset]
+    if row["test_top1"] < 1.5 * chance:
+        _say(f"warning: the teacher is at chance level ({row['test_top1']:.2f} % top-1, chance {chance:.0f} %): "
+             f"its labels teach the student nothing. Its training probably diverged; try a smaller --teacher-lr, "
+             f"--teacher-optimizer adamw, more --teacher-epochs or more images.")
 
 
 def _student_stage(stage: _Stages, student: torch.nn.Module, teacher: torch.nn.Module | None) -> tuple[Any, Any]:
