@@ -383,3 +383,22 @@ def test_forbid_rejects_what_it_cannot_watch():
     with pytest.raises(TypeError, match="forbid"):
         checks.forbid(42)
     assert guard.forbid(math.sqrt).builtins and guard.forbid(titn_edu.losses).folders
+
+
+# ------------------------------------------------------- a question graded on a measured outcome
+def test_within_budget_returns_the_result_and_the_time_it_took():
+    result, took = checks.within_budget(lambda n: sum(range(n)), 1000, seconds=5)
+    assert result == 499500 and 0 <= took < 5
+
+
+def test_within_budget_fails_clearly_when_over_budget_raising_or_delegating(short_limit):
+    def train_forever():
+        while True:
+            pass
+
+    with pytest.raises(AssertionError, match=r"training check failed .*did not finish within 0\.3 s"):
+        checks.within_budget(train_forever, seconds=0.3)
+    with pytest.raises(AssertionError, match="raised ZeroDivisionError"):
+        checks.within_budget(lambda: 1 / 0, seconds=5)
+    with pytest.raises(AssertionError, match="runs titn_edu.train.fit"):  # e.g. a question that asks for one's own loop
+        checks.within_budget(lambda: titn_edu.fit(None, None, epochs=1), seconds=5, forbidden=checks.forbid(titn_edu.fit))

@@ -317,33 +317,40 @@ def limit_cell_time(seconds: float) -> None:
     shell.events.register("post_run_cell", stop)
 
 
-def _plugin_base() -> type:
-    try:
-        from otter.plugins import AbstractOtterPlugin
-    except ImportError:  # otter is not installed: the class is still importable, and unusable by otter anyway
-        return object
-    return AbstractOtterPlugin
+def _cell_time_limit_plugin() -> type:
+    """The otter plugin class (built on first access: importing otter takes seconds)."""
+    from otter.plugins import AbstractOtterPlugin
 
+    class CellTimeLimit(AbstractOtterPlugin):
+        """otter plugin: before a submission runs, add a first cell that limits every cell's time.
 
-class CellTimeLimit(_plugin_base()):
-    """otter plugin: before a submission runs, add a first cell that limits every cell's time.
+        Name it in a notebook's ``# ASSIGNMENT CONFIG``::
 
-    Name it in a notebook's ``# ASSIGNMENT CONFIG``::
+            plugins:
+              - titn_edu.grading.CellTimeLimit:
+                  seconds: 300
 
-        plugins:
-          - titn_edu.grading.CellTimeLimit:
-              seconds: 300
+        (``seconds`` defaults to :data:`CELL_TIME_LIMIT_S`). A cell that runs longer fails with
+        ``TimeoutError``; grading goes on with the next cell, so only the questions that needed it are lost.
+        """
 
-    (``seconds`` defaults to :data:`CELL_TIME_LIMIT_S`). A cell that runs longer fails with
-    ``TimeoutError``; grading goes on with the next cell, so only the questions that needed it are lost.
-    """
+        def before_execution(self, submission: Any) -> Any:
+            import nbformat
 
-    def before_execution(self, submission: Any) -> Any:
-        import nbformat
-
-        seconds = float((self.plugin_config or {}).get("seconds", CELL_TIME_LIMIT_S))
-        if isinstance(submission, str):  # a script, not a notebook: nothing to add
+            seconds = float((self.plugin_config or {}).get("seconds", CELL_TIME_LIMIT_S))
+            if isinstance(submission, str):  # a script, not a notebook: nothing to add
+                return submission
+            code = f"from titn_edu.grading import limit_cell_time\nlimit_cell_time({seconds!r})"
+            submission.cells.insert(0, nbformat.v4.new_code_cell(code))
             return submission
-        cell = nbformat.v4.new_code_cell(f"from titn_edu.grading import limit_cell_time\nlimit_cell_time({seconds!r})")
-        submission.cells.insert(0, cell)
-        return submission
+
+    CellTimeLimit.__module__, CellTimeLimit.__qualname__ = __name__, "CellTimeLimit"
+    return CellTimeLimit
+
+
+def __getattr__(name: str) -> Any:
+    """``CellTimeLimit`` is made on first access (PEP 562), so that importing this module does not import otter."""
+    if name == "CellTimeLimit":
+        globals()[name] = _cell_time_limit_plugin()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -66,6 +66,7 @@ Part II, training and evaluating it (notebooks 06–10):
 from __future__ import annotations
 
 from .guard import TimeLimitExceeded, forbid, time_limit
+from .harness import within_budget
 from .nb00_data import preprocess
 from .nb01_patches import patchify, pixelify, unpatchify
 from .nb02_attention import attention, mha_parameters, multi_head_attention
@@ -91,7 +92,8 @@ __all__ = [
     "block_parameters",
     "inner_flops",
     "model_parameters",
-    # the guards, for grading tests of one's own
+    # the guards, for grading tests of one's own (within_budget: a question graded on a measured outcome)
+    "within_budget",
     "forbid",
     "time_limit",
     "TimeLimitExceeded",

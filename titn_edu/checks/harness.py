@@ -57,6 +57,7 @@ __all__ = [
     "randint",
     "TIME_LIMIT_S",
     "CHECKERS",
+    "within_budget",
 ]
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 agreement expected from a correct implementation
@@ -73,7 +74,7 @@ class Case:
     """One case of a check, as its messages name it: ``"<check> check failed on case 2 of 4 (<desc>)"``.
 
     ``forbidden``: the library's own implementation of the exercise (:func:`.guard.forbid`), which the
-    student's code may not run.
+    student's code may not run; ``seconds``: the time limit of one call (default ``TIME_LIMIT_S``).
     """
 
     check: str
@@ -81,6 +82,7 @@ class Case:
     total: int
     desc: str
     forbidden: Forbidden = NOTHING
+    seconds: float | None = None  # the time limit of one call; None: TIME_LIMIT_S
 
     def fail(self, message: str, hint: str | None = None) -> NoReturn:
         """Raise the ``AssertionError`` a student sees: case, problem, and a hint when there is one."""
@@ -96,10 +98,11 @@ class Case:
         (``TIME_LIMIT_S``), an exception raised by the student's code (``hint`` is added to its message).
         """
         error: BaseException | None = None
+        limit = TIME_LIMIT_S if self.seconds is None else self.seconds
         start = time.monotonic()
         with self.forbidden.watching() as seen:
             try:
-                with time_limit(TIME_LIMIT_S):
+                with time_limit(limit):
                     result = fn(*args, **kwargs)
             except KeyboardInterrupt:
                 raise
@@ -110,8 +113,8 @@ class Case:
             self.fail(f"your implementation runs {seen[0]}{more}: the library's own version of what this exercise "
                       "asks you to write.", "write it yourself; the check recognises the library's code however it is "
                       "reached (called directly, under another name, wrapped, or inherited by subclassing).")
-        if isinstance(error, TimeLimitExceeded) or time.monotonic() - start > TIME_LIMIT_S:
-            self.fail(f"your implementation did not finish within {TIME_LIMIT_S:g} s (the reference takes milliseconds).",
+        if isinstance(error, TimeLimitExceeded) or time.monotonic() - start > limit:
+            self.fail(f"your implementation did not finish within {limit:g} s, its time limit.",
                       "look for a loop that never ends, or a Python loop over every element of a tensor.")
         if error is not None:
             self.fail(f"your implementation raised {type(error).__name__}: {error}", hint)
@@ -281,3 +284,18 @@ def generator(seed: int) -> torch.Generator:
 def randint(g: torch.Generator, low: int, high: int) -> int:
     """An integer drawn from ``low`` to ``high`` (both included) with ``g``: the sizes of a hidden test's cases."""
     return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+# ------------------------------------------------------------- a question graded on an outcome
+def within_budget(fn: Callable, *args: Any, seconds: float, what: str = "training",
+                  forbidden: Forbidden = NOTHING, **kwargs: Any) -> tuple[Any, float]:
+    """``(fn(*args, **kwargs), seconds it took)``, for a question graded on a measured outcome.
+
+    For instance a hidden test that runs the student's training function on a CPU budget and then
+    measures the accuracy of what it returns. Running past ``seconds`` (wall clock), raising, or
+    running ``forbidden`` code fails with an ``AssertionError`` that says which (named ``what``).
+    """
+    case = Case(what, 0, 1, f"a budget of {seconds:g} s", forbidden, seconds)
+    start = time.monotonic()
+    result = case.call(fn, *args, **kwargs)
+    return result, time.monotonic() - start
