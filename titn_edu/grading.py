@@ -156,7 +156,8 @@ def _assign(notebook: Path, staging: Path, run_tests: bool) -> dict[str, Any]:
 
 def _swap_in(staging: Path, out: Path) -> None:
     """Move ``staging`` to ``out``; an existing ``out`` is moved aside first and removed only afterwards."""
-    (staging / "otter").exists() and shutil.rmtree(staging / "otter")
+    if (staging / "otter").exists():  # otter's working folders: their files were copied out
+        shutil.rmtree(staging / "otter")
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old.{os.getpid()}")
