@@ -9,6 +9,8 @@
     torchrun --standalone --nproc_per_node=4 -m titn_edu train --preset paper-cifar10 --output runs/c10  # 4 GPUs
     titn-edu evaluate runs/quick/student/best.pt --dataset mnist
     titn-edu data export cifar10 --out /media/usb/titn-data         # stage data for offline machines
+    titn-edu course release --out handout                           # student notebooks + autograders (otter)
+    titn-edu course grade submissions/ --release handout --out grades   # per-student, per-question CSV
 
 A training run writes, under ``--output DIR``: ``teacher/`` and ``student/`` (each with
 ``last.pt``, ``best.pt``, ``history.json``) and ``metrics.json`` (test top-1/top-5 in percent, macro
@@ -123,12 +125,12 @@ def _device(text: str) -> str:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``titn-edu``: the commands ``train``, ``evaluate``, ``data export`` (and ``bench``)."""
+    """The parser of ``titn-edu``: ``train``, ``evaluate``, ``data export``, ``course`` (and ``bench``)."""
     parser = argparse.ArgumentParser(
         prog="titn-edu",
         description="Train and evaluate TITN (Transformer-in-Transformer with knowledge distillation) models.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,data,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,data,course,bench}")
     sub.required = True
     # (only listed here; `titn-edu bench ...` is handed to titn_edu.bench.main, which has its own options)
     sub.add_parser("bench", add_help=False,
@@ -140,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(tr)
     _add_evaluate_command(sub)
     _add_data_command(sub)
+    _add_course_command(sub)
     return parser
 
 
@@ -256,6 +259,29 @@ def _add_data_command(sub: Any) -> None:
     ex.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                     help="download if missing (default: only when not found)")
     ex.add_argument("--splits", nargs="+", choices=["train", "test"], default=["train", "test"])
+
+
+def _add_course_command(sub: Any) -> None:
+    """``titn-edu course release`` / ``titn-edu course grade``: coursework with otter-grader (titn_edu.grading)."""
+    co = sub.add_parser("course", help="coursework: student notebooks, autograders, grading (otter-grader)")
+    csub = co.add_subparsers(dest="course_command", metavar="{release,grade}")
+    csub.required = True
+    rel = csub.add_parser("release", help="write the student notebooks and the autograders",
+                          description="Run otter assign on every marked-up course notebook: DIR/student (hand out), "
+                                      "DIR/autograder (one zip per notebook), DIR/solutions, DIR/course.json.")
+    rel.add_argument("--out", required=True, help="the release folder DIR (must be new or empty, unless --force)")
+    rel.add_argument("--notebooks", nargs="+", help="notebooks or folders (default: the repository's notebooks/)")
+    rel.add_argument("--skip-tests", action="store_true",
+                     help="do not run every solution notebook against its own tests (faster)")
+    rel.add_argument("--force", action="store_true", help="replace an existing DIR")
+    gr = csub.add_parser("grade", help="grade a folder of submissions: grades.csv, one row per student and question",
+                         description="SUBMISSIONS/<student>/<notebook>.ipynb, graded with otter run (no Docker).")
+    gr.add_argument("submissions", help="folder with one folder per student")
+    gr.add_argument("--release", required=True, help="the folder written by `titn-edu course release`")
+    gr.add_argument("--out", required=True, help="where to write grades.csv, <notebook>.csv and logs/")
+    gr.add_argument("--jobs", type=_int_at_least(1, "--jobs"), default=1, help="submissions graded at once (default 1)")
+    gr.add_argument("--timeout", type=_positive_float("--timeout"), default=1800.0,
+                    help="seconds one submission may take (default 1800)")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -829,6 +855,24 @@ def _cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _cmd_course(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import grading
+
+    try:
+        if args.course_command == "release":
+            out = grading.release(args.out, notebooks=args.notebooks, run_tests=not args.skip_tests, force=args.force)
+            course = json.loads((out / "course.json").read_text())["notebooks"]
+            _say(f"released {len(course)} notebook(s) into {out}: student/ to hand out, autograder/ to grade")
+            return 0
+        path = grading.grade(args.submissions, release_dir=args.release, out=args.out, jobs=args.jobs,
+                             timeout_s=args.timeout)
+        _say(f"wrote {path} (and one CSV per notebook beside it)")
+        return 0
+    except (FileExistsError, ImportError) as err:
+        print(f"titn-edu: error: {err}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``titn-edu`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -839,7 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data}[args.command]
+    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data, "course": _cmd_course}[args.command]
     try:
         return command(args, parser)
     except (FileNotFoundError, ValueError) as err:
