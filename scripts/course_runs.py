@@ -1,8 +1,9 @@
 """Train the recorded runs behind the course's Part II (notebooks 08 and 10), with ``titn-edu train``.
 
-    python scripts/course_runs.py                      # every variant, seeds 0 1 2 (about an hour on 2 cores)
+    python scripts/course_runs.py                      # every variant, seeds 0 1 2 (3 hours on 2 cores, see --recorded)
     python scripts/course_runs.py --variants titn vit --seeds 0
     python scripts/course_runs.py --list               # the variants and their flags
+    python scripts/course_runs.py --recorded           # the recorded runs: accuracy, wall time, threads
 
 One grid, one budget: small ``*-tiny`` students (4 blocks of width 64, 8x8 patches of 2x2 pixels) on a
 class-balanced 10,000 of CIFAR-10's training images for 12 epochs, scored on all 10,000 test images.
@@ -102,13 +103,33 @@ def run_one(variant: str, seed: int, threads: int) -> Path | None:
                          variant=variant, label=label, seed=seed, experiment="cifar10-tiny-10k-12ep")
 
 
+def _print_recorded() -> int:
+    """One line per recorded run, then the total wall time, from the records themselves."""
+    records = sorted(RESULTS.glob("*_seed*.json"))
+    if not records:
+        print(f"no recorded runs in {RESULTS}")
+        return 1
+    minutes = []
+    for path in records:
+        record = json.loads(path.read_text())
+        minutes.append(record["wall_seconds"] / 60)
+        print(f"{path.stem:34} top-1 {record['test_top1']:6.2f} %  {minutes[-1]:5.1f} min  "
+              f"{record['config']['threads']} thread(s)")
+    print(f"{len(records)} runs, {min(minutes):.1f}-{max(minutes):.1f} minutes each, {sum(minutes) / 60:.1f} hours in all")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     parser.add_argument("--list", action="store_true", help="print the variants and their flags, then stop")
+    parser.add_argument("--recorded", action="store_true",
+                        help="print the recorded runs (test top-1, wall minutes, threads) and their total time, then stop")
     args = parser.parse_args(argv)
+    if args.recorded:
+        return _print_recorded()
     if args.list:
         for name, (label, flags) in VARIANTS.items():
             print(f"{name:28} {label:26} {' '.join(flags)}")

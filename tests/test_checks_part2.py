@@ -152,3 +152,122 @@ def test_attention_rollout_in_place_and_rng():
     torch.manual_seed(5)
     checks.attention_rollout(rollout_ok)
     assert torch.equal(torch.rand(2), want)
+
+
+# ------------------------------------------------------------------- notebook 07: metrics
+def scores_ok(cm):
+    cm = cm.double()
+    tp, predicted, actual = cm.diagonal(), cm.sum(0), cm.sum(1)
+    return (torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp)),
+            torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp)))
+
+
+def topk_ok(logits, labels, k):
+    true_score = logits.gather(1, labels[:, None])
+    return 100 * ((logits > true_score).sum(-1) < k).float().mean().item()
+
+
+def test_metrics_checkers_accept_correct(capsys):
+    checks.per_class_scores(scores_ok)
+    checks.per_class_scores(scores_ok, seed=7101)
+    checks.topk_accuracy(topk_ok)
+    checks.topk_accuracy(topk_ok, seed=7201)
+    out = capsys.readouterr().out
+    assert out.count("✓ per_class_scores passed") == 2 and out.count("✓ topk_accuracy passed") == 2
+
+
+@pytest.mark.parametrize("wrong, needle", [
+    (lambda cm: scores_ok(cm)[::-1], "column sum"),
+    (lambda cm: (cm.diagonal() / cm.sum(0), cm.diagonal() / cm.sum(1)), "not NaN"),
+    (lambda cm: scores_ok(cm)[0], "expected a pair"),
+    (lambda cm: (checks.nb07_metrics.metrics.precision_recall_f1(cm), scores_ok(cm))[1], "titn_edu.metrics"),
+])
+def test_per_class_scores_catches_mistakes(wrong, needle):
+    fails(checks.per_class_scores, wrong, "per_class_scores check failed", needle)
+
+
+@pytest.mark.parametrize("wrong, needle", [
+    (lambda l, y, k: topk_ok(l, y, k) / 100, "percentage"),
+    (lambda l, y, k: 100 * ((l > l.gather(1, y[:, None])).sum(-1) <= k).float().mean().item(), "fewer than k"),
+    (lambda l, y, k: 100 * (l.topk(k, -1).indices == y[:, None]).any(-1).float().mean().item(), "Tensor.topk"),
+    (lambda l, y, k: 100 * (torch.topk(l, k).indices == y[:, None]).any(-1).float().mean().item(), "torch.topk"),
+    (lambda l, y, k: 100 * (l.argsort(-1, descending=True)[:, :k] == y[:, None]).any(-1).float().mean().item(), "argsort"),
+    (lambda l, y, k: "97 %", "should be a number"),
+])
+def test_topk_accuracy_catches_mistakes(wrong, needle):
+    fails(checks.topk_accuracy, wrong, "topk_accuracy check failed", needle)
+
+
+# ------------------------------------------------------------------ notebook 08: training
+def no_teacher_ok(class_logits, distill_logits, targets, alpha):
+    return alpha * F.cross_entropy(class_logits, targets) + (1 - alpha) * F.cross_entropy(distill_logits, targets)
+
+
+def copied_ok(pred, teacher_pred, labels):
+    wrong = teacher_pred != labels
+    return ((pred == teacher_pred) & wrong).sum().item() / max(int(wrong.sum()), 1)
+
+
+def test_training_checkers_accept_correct(capsys):
+    for seed in (None, 8101):
+        checks.loss_without_teacher(no_teacher_ok, seed=seed)
+        checks.copied_mistakes(copied_ok, seed=seed)
+    out = capsys.readouterr().out
+    assert out.count("✓ loss_without_teacher passed") == 2 and out.count("✓ copied_mistakes passed") == 2
+
+
+@pytest.mark.parametrize("wrong, needle", [
+    (lambda c, d, t, a: no_teacher_ok(c, d, t, 1 - a), "α weighs the class head"),
+    (lambda c, d, t, a: F.cross_entropy(c, t), "still learns"),
+    (lambda c, d, t, a: F.cross_entropy(c, t) + F.cross_entropy(d, t), "alpha and 1 − alpha"),
+    (lambda c, d, t, a: TITNLoss(alpha=a)(c, d, t, None), "titn_edu.losses"),
+])
+def test_loss_without_teacher_catches_mistakes(wrong, needle):
+    fails(checks.loss_without_teacher, wrong, "loss_without_teacher check failed", needle)
+
+
+@pytest.mark.parametrize("wrong, needle", [
+    (lambda p, t, l: ((p == t) & (t != l)).sum().item() / len(l), "not by the number of images"),
+    (lambda p, t, l: (p == t).float().mean().item(), "agreeing with a right teacher"),
+    (lambda p, t, l: 100 * copied_ok(p, t, l), "not a percentage"),
+    (lambda p, t, l: ((p == t) & (t != l)).sum().item() / (t != l).sum().item(), "ZeroDivisionError"),
+])
+def test_copied_mistakes_catches_mistakes(wrong, needle):
+    fails(checks.copied_mistakes, wrong, "copied_mistakes check failed", needle)
+
+
+# ---------------------------------------------------------- notebooks 09 and 10: top_overlap, unpaired_se
+def overlap_ok(a, b, k):
+    top_a, top_b = a.topk(k, -1).indices, b.topk(k, -1).indices
+    return (top_a[:, :, None] == top_b[:, None, :]).any(-1).sum(-1).double() / k
+
+
+def se_ok(a, b):
+    a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    return math.sqrt(a.var().item() / len(a) + b.var().item() / len(b))
+
+
+def test_overlap_and_se_checkers_accept_correct(capsys):
+    for seed in (None, 9101):
+        checks.top_overlap(overlap_ok, seed=seed)
+        checks.unpaired_se(se_ok, seed=seed)
+    out = capsys.readouterr().out
+    assert out.count("✓ top_overlap passed") == 2 and out.count("✓ unpaired_se passed") == 2
+
+
+@pytest.mark.parametrize("wrong, needle", [
+    (lambda a, b, k: overlap_ok(a, b, k) * k, "divide the number of patches in common by k"),
+    (lambda a, b, k: overlap_ok(-a, -b, k), "largest"),
+    (lambda a, b, k: overlap_ok(a, b, k).mean(), "one share per row"),
+])
+def test_top_overlap_catches_mistakes(wrong, needle):
+    fails(checks.top_overlap, wrong, "top_overlap check failed", needle)
+
+
+@pytest.mark.parametrize("wrong, needle", [
+    (lambda a, b: math.sqrt(torch.tensor(a).var(correction=0).item() / len(a)
+                            + torch.tensor(b).var(correction=0).item() / len(b)), "n − 1"),
+    (lambda a, b: se_ok(a, b) ** 2, "square root"),
+])
+def test_unpaired_se_catches_mistakes(wrong, needle):
+    fails(checks.unpaired_se, wrong, "unpaired_se check failed", needle)

@@ -138,6 +138,22 @@ def test_attention_on_image_blends_a_square_map():
         viz.attention_on_image(image, torch.rand(3, 3))
 
 
+def test_attention_on_image_fixed_scale_keeps_near_uniform_maps_dark():
+    image = torch.full((32, 32, 3), 128, dtype=torch.uint8)        # flat grey: only the map differs
+    attention = torch.full((16,), 0.055)
+    attention[5] = 0.059                                  # an untrained model's "peak"
+    auto = viz.attention_on_image(image, attention)
+    fixed = viz.attention_on_image(image, attention, vmin=0.0, vmax=1.0)
+    assert auto.axes[1].images[0].get_clim() == pytest.approx((0.055, 0.059))
+    assert fixed.axes[1].images[0].get_clim() == (0.0, 1.0)
+    auto_overlay, fixed_overlay = (f.axes[2].images[0].get_array() for f in (auto, fixed))
+    # auto-scaled, patch 5 stands out; on the 0-1 scale it looks like its neighbours
+    assert np.abs(auto_overlay[8:16, 8:16] - auto_overlay[0:8, 0:8]).max() > 0.2
+    assert np.abs(fixed_overlay[8:16, 8:16] - fixed_overlay[0:8, 0:8]).max() < 0.02
+    with pytest.raises(ValueError, match="vmin < vmax"):
+        viz.attention_on_image(image, attention, vmin=0.5, vmax=0.5)
+
+
 def test_position_similarity_grid_and_diagonal():
     g = torch.Generator().manual_seed(0)
     pos = torch.randn(1, 1 + 16 + 1, 32, generator=g)

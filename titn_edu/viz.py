@@ -372,6 +372,8 @@ def attention_on_image(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     title: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> Figure:
     """Blend a per-patch attention vector over the image: the image, the map, and the two overlaid.
 
@@ -380,6 +382,9 @@ def attention_on_image(
         attention: ``(num_patches,)`` weights over the patches (row-major; drop the class and
             distillation tokens first) or a ``(rows, cols)`` grid.
         smooth: bilinear upsampling instead of one flat block per patch.
+        vmin, vmax: the colour scale of the map and the overlay. By default it runs from the smallest
+            to the largest weight, which makes tiny differences look like strong contrast; pass a fixed
+            scale (e.g. ``vmin=0, vmax=1``) to compare maps with each other.
     """
     plt = _pyplot()
     img = to_display(image, mean=mean, std=std)
@@ -387,15 +392,19 @@ def attention_on_image(
     att = _patch_grid_of(attention, h, w)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}.")
+    lo = float(att.min()) if vmin is None else float(vmin)
+    hi = float(att.max()) if vmax is None else float(vmax)
+    if (vmin is not None or vmax is not None) and not hi > lo:
+        raise ValueError(f"the colour scale needs vmin < vmax; got vmin={lo}, vmax={hi}.")
     up = _upsample(att, h, w, smooth)
-    span = float(up.max() - up.min())
-    norm = (up - up.min()) / span if span > 1e-12 else np.zeros_like(up)
+    span = hi - lo
+    norm = np.clip((up - lo) / span, 0.0, 1.0) if span > 1e-12 else np.zeros_like(up)
     heat = plt.get_cmap(cmap)(norm)[..., :3]
     base = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=-1)
     fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.0))
     _imshow(axes[0], img)
     axes[0].set_title("image", fontsize=9)
-    im = axes[1].imshow(att, cmap=cmap, interpolation="nearest")
+    im = axes[1].imshow(att, cmap=cmap, interpolation="nearest", vmin=lo, vmax=hi)
     axes[1].set_title("attention per patch", fontsize=9)
     fig.colorbar(im, ax=axes[1], shrink=0.8)
     axes[2].imshow((1 - alpha) * base + alpha * heat)

@@ -60,7 +60,10 @@ Part I, building the model (notebooks 00–05):
 Part II, training and evaluating it (notebooks 06–10):
 
 * ``nb06_loss``: notebook 06, the loss (CutMix, eq. 10): ``cutmix_box``, ``titn_loss``
-* ``nb09_rollout``: notebook 09, evaluation and attention: ``attention_rollout``
+* ``nb07_metrics``: notebook 07, the teacher: ``per_class_scores``, ``topk_accuracy``
+* ``nb08_training``: notebook 08, training: ``loss_without_teacher``, ``copied_mistakes``
+* ``nb09_rollout``: notebook 09, evaluation and attention: ``attention_rollout``, ``top_overlap``
+* ``nb10_ablations``: notebook 10, ablations: ``unpaired_se``
 """
 
 from __future__ import annotations
@@ -74,7 +77,10 @@ from .nb03_block import layer_norm, mlp, transformer_block
 from .nb04_titn_block import block_parameters, inner_flops, inner_outer_block
 from .nb05_tokens import embed_tokens, model_parameters
 from .nb06_loss import _reference_cutmix_box, cutmix_box, titn_loss  # noqa: F401  (the box rule; tests compare it with torchvision)
-from .nb09_rollout import attention_rollout
+from .nb07_metrics import per_class_scores, topk_accuracy
+from .nb08_training import copied_mistakes, loss_without_teacher
+from .nb09_rollout import attention_rollout, top_overlap
+from .nb10_ablations import unpaired_se
 
 __all__ = [
     "preprocess",
@@ -100,5 +106,11 @@ __all__ = [
     # part II
     "titn_loss",
     "cutmix_box",
+    "per_class_scores",
+    "topk_accuracy",
+    "loss_without_teacher",
+    "copied_mistakes",
     "attention_rollout",
+    "top_overlap",
+    "unpaired_se",
 ]

@@ -45,7 +45,8 @@ class Forbidden:
     Build it with :func:`forbid`. ``codes`` maps a function's code (file, first line, name) to the
     name shown to the student; ``folders`` maps a module's file or a package's folder to its name;
     ``builtins`` maps ``id()`` of a C function to its name (``kept`` holds those objects alive);
-    ``classes`` are the classes a submission may not subclass.
+    ``methods`` maps a C method's name to its class and shown name (``Tensor.topk``: every bound
+    ``tensor.topk`` counts); ``classes`` are the classes a submission may not subclass.
     """
 
     codes: dict[_Key, str] = field(default_factory=dict)
@@ -53,10 +54,12 @@ class Forbidden:
     builtins: dict[int, str] = field(default_factory=dict)
     classes: tuple[type, ...] = ()
     kept: tuple[Any, ...] = ()
+    methods: dict[str, tuple[type, str]] = field(default_factory=dict)
 
     def __or__(self, other: "Forbidden") -> "Forbidden":
         return Forbidden({**self.codes, **other.codes}, {**self.folders, **other.folders},
-                         {**self.builtins, **other.builtins}, self.classes + other.classes, self.kept + other.kept)
+                         {**self.builtins, **other.builtins}, self.classes + other.classes, self.kept + other.kept,
+                         {**self.methods, **other.methods})
 
     def subclassed_by(self, cls: Any) -> str | None:
         """The name of the forbidden class ``cls`` is (or derives from), if any."""
@@ -68,7 +71,7 @@ class Forbidden:
     def watching(self) -> Iterator[list[str]]:
         """Record (in the yielded list, in call order) every forbidden call made inside the block."""
         seen: list[str] = []
-        if not (self.codes or self.folders or self.builtins):
+        if not (self.codes or self.folders or self.builtins or self.methods):
             yield seen
             return
         hook = _Watcher(self, seen)
@@ -105,6 +108,9 @@ class _Watcher:
                 name = None if module is None else f"{module}.{getattr(code, 'co_qualname', code.co_name)}"
         elif event == "c_call":
             name = self.forbidden.builtins.get(id(arg))
+            method = self.forbidden.methods.get(getattr(arg, "__name__", ""))
+            if name is None and method is not None and isinstance(getattr(arg, "__self__", None), method[0]):
+                name = method[1]
         if name is not None and name not in self.seen:
             self.seen.append(name)
         if self.chained is not None:
@@ -131,13 +137,15 @@ def _module_of(path: str, folders: dict[str, str]) -> str | None:
 
 def forbid(*things: Any) -> Forbidden:
     """A :class:`Forbidden` made of functions, classes (every method they define), modules (every
-    function in their file; a package: every file under its folder) and C functions (builtins).
+    function in their file; a package: every file under its folder), C functions (builtins) and C
+    methods (``Tensor.topk``: a call on any tensor).
 
     A thing may be given as ``(thing, name)`` to show the student the name they know it by.
     """
     codes: dict[_Key, str] = {}
     folders: dict[str, str] = {}
     builtins: dict[int, str] = {}
+    methods: dict[str, tuple[type, str]] = {}
     classes: list[type] = []
     for thing in things:
         shown = None
@@ -155,11 +163,14 @@ def forbid(*things: Any) -> Forbidden:
                     codes[_key(fn.__code__)] = f"{_name(thing)}.{attr}"
         elif isinstance(thing, (types.BuiltinFunctionType, types.BuiltinMethodType)):
             builtins[id(thing)] = shown or _name(thing)
+        elif isinstance(thing, types.MethodDescriptorType):  # a C method, e.g. Tensor.topk
+            methods[thing.__name__] = (thing.__objclass__, shown or f"{thing.__objclass__.__name__}.{thing.__name__}")
         elif inspect.isfunction(thing):
             codes[_key(thing.__code__)] = shown or _name(thing)
         else:
             raise TypeError(f"forbid() takes functions, classes, modules or builtins; got {thing!r}.")
-    return Forbidden(codes, folders, builtins, tuple(classes), tuple(t[0] if isinstance(t, tuple) else t for t in things))
+    return Forbidden(codes, folders, builtins, tuple(classes), tuple(t[0] if isinstance(t, tuple) else t for t in things),
+                     methods)
 
 
 def _functions_of(value: Any) -> list[types.FunctionType]:

@@ -46,6 +46,8 @@ __all__ = [
     "passed",
     "difference",
     "scalar_difference",
+    "integer_result",
+    "number_result",
     "close",
     "first_hint",
     "describe_shape",
@@ -167,6 +169,24 @@ def scalar_difference(got: Any, want: Tensor, name: str) -> str | None:
     if not isinstance(got, Tensor) or got.numel() != 1:
         return f"{name} should be a scalar tensor (a batch mean); got {describe_shape(got)}."
     return difference(got.reshape(()), want.reshape(()), name)
+
+
+def integer_result(case: Case, got: Any) -> int:
+    """``got`` as an ``int`` (a whole float such as ``3.0`` is accepted); a failed case otherwise."""
+    if isinstance(got, float) and got.is_integer():
+        got = int(got)
+    if isinstance(got, bool) or not isinstance(got, int):
+        case.fail(f"expected an int; got {type(got).__name__}.")
+    return got
+
+
+def number_result(case: Case, got: Any, name: str) -> float:
+    """``got`` as a ``float``: a Python number or a one-element tensor; a failed case otherwise."""
+    if isinstance(got, Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        case.fail(f"{name} should be a number (a float); got {describe_shape(got)}.")
+    return float(got)
 
 
 def close(a: Any, b: Tensor, atol: float = 1e-4) -> bool:

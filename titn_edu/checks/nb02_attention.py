@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .. import attention as attention_module
 from ..attention import MultiHeadAttention, scaled_dot_product_attention
 from .guard import forbid
-from .harness import (CHECKERS, Case, close, describe_shape, difference, first_hint, generator, keeps_global_rng,
+from .harness import (CHECKERS, Case, integer_result, close, describe_shape, difference, first_hint, generator, keeps_global_rng,
                       paired_modules, passed, randint, require_callable, require_class)
 
 __all__ = ["attention", "multi_head_attention", "mha_parameters"]
@@ -243,10 +243,7 @@ def mha_parameters(student_fn: Callable, *, seed: int | None = None) -> None:
         case = Case(check, i, total, f"dim={dim}, qkv_bias={bias}", _NO_MODULES)
         want = sum(p.numel() for p in MultiHeadAttention(dim, 1, qkv_bias=bias).parameters())
         got = case.call(student_fn, dim, qkv_bias=bias)
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if isinstance(got, bool) or not isinstance(got, int):
-            case.fail(f"expected an int; got {type(got).__name__}.")
+        got = integer_result(case, got)
         if got != want:
             hint = "qkv is Linear(dim, 3·dim) (a bias only with qkv_bias), proj is Linear(dim, dim) with a bias."
             if got == want - dim:

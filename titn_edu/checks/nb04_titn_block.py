@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..blocks import TITNBlock, TransformerBlock
 from ..model import TITN, set_fast_path
 from .guard import forbid
-from .harness import (CHECKERS, Case, difference, first_hint, generator, keeps_global_rng, paired_modules, passed,
+from .harness import (CHECKERS, Case, integer_result, difference, first_hint, generator, keeps_global_rng, paired_modules, passed,
                       randint, require_callable, require_class)
 
 __all__ = ["inner_outer_block", "block_parameters", "inner_flops"]
@@ -164,10 +164,7 @@ def block_parameters(student_fn: Callable, *, seed: int | None = None) -> None:
         block = TITNBlock(outer_heads=1, inner_heads=1, **cfg)
         want = sum(p.numel() for p in block.parameters())
         got = case.call(student_fn, **cfg)
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if isinstance(got, bool) or not isinstance(got, int):
-            case.fail(f"expected an int; got {type(got).__name__}.")
+        got = integer_result(case, got)
         if got != want:
             parts = {name: sum(p.numel() for p in getattr(block, name).parameters())
                      for name in ("inner", "patch_residual", "outer")}
@@ -200,10 +197,7 @@ def inner_flops(student_fn: Callable, *, seed: int | None = None) -> None:
         case = Case(check, i, total, ", ".join(f"{k}={v}" for k, v in cfg.items()), _NO_MODULES)
         want = _counted_flops(**cfg)
         got = case.call(student_fn, **cfg)
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if isinstance(got, bool) or not isinstance(got, int):
-            case.fail(f"expected an int; got {type(got).__name__}.")
+        got = integer_result(case, got)
         if got != want:
             hint = "count 2 FLOPs per multiply-add, for every one of the num_patches patches."
             if got * 2 == want:

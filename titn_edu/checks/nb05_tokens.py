@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..model import MODEL_PRESETS, TITN, build_model
 from .guard import forbid
-from .harness import CHECKERS, Case, difference, first_hint, generator, keeps_global_rng, passed, randint, require_callable
+from .harness import CHECKERS, Case, integer_result, difference, first_hint, generator, keeps_global_rng, passed, randint, require_callable
 
 __all__ = ["embed_tokens", "model_parameters"]
 
@@ -106,10 +106,7 @@ def model_parameters(student_fn: Callable, *, seed: int | None = None) -> None:
         model = build_model(name, num_classes=classes, img_size=size, in_chans=chans)
         want = sum(p.numel() for p in model.parameters())
         got = case.call(student_fn, num_classes=classes, img_size=size, in_chans=chans, **MODEL_PRESETS[name])
-        if isinstance(got, float) and got.is_integer():
-            got = int(got)
-        if isinstance(got, bool) or not isinstance(got, int):
-            case.fail(f"expected an int; got {type(got).__name__}.")
+        got = integer_result(case, got)
         if got != want:
             parts = {part: sum(p.numel() for p in getattr(model, part).parameters())
                      for part in ("pixel_embed", "patch_embed", "blocks", "norm", "head", "head_dist")

@@ -1,9 +1,10 @@
-r"""Part II, notebook 09 (evaluation and attention): attention rollout over the outer blocks.
+r"""Part II, notebook 09 (evaluation and attention): attention rollout, and how much two maps agree.
 
 :func:`attention_rollout` checks a student's rollout, row ``token`` of
 :math:`\hat A_L \cdots \hat A_1` with :math:`\hat A_l = \mathrm{rownorm}(\mathrm{mean}_{heads} A_l + I)`
 (the residual connection counted as attention to oneself), against
-:func:`titn_edu.viz.attention_rollout`.
+:func:`titn_edu.viz.attention_rollout`. :func:`top_overlap` checks the share of the k most attended
+patches two maps have in common (a similarity for the randomisation test).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from torch import Tensor
 
 from ..viz import attention_rollout as reference_rollout
 from .guard import forbid
-from .harness import CHECKERS, Case, difference, first_hint, generator, keeps_global_rng, passed, randint, require_callable
+from .harness import (CHECKERS, Case, describe_shape, difference, first_hint, generator, keeps_global_rng, passed,
+                      randint, require_callable)
 
-__all__ = ["attention_rollout"]
+__all__ = ["attention_rollout", "top_overlap"]
 
 _NO_ROLLOUT = CHECKERS | forbid((reference_rollout, "titn_edu.viz.attention_rollout"))
 
@@ -87,3 +89,49 @@ def _rollout(maps: list[Tensor], token: int, *, norm: bool = True, identity: boo
         r = a @ r
     lo, hi = keep
     return r[:, token, lo:hi]
+
+
+def _overlap(a: Tensor, b: Tensor, k: int, largest: bool = True) -> Tensor:
+    top_a = a.topk(k, dim=-1, largest=largest).indices
+    top_b = b.topk(k, dim=-1, largest=largest).indices
+    return (top_a[:, :, None] == top_b[:, None, :]).any(-1).sum(-1).double() / k
+
+
+@keeps_global_rng
+def top_overlap(student_fn: Callable, *, seed: int | None = None) -> None:
+    r"""Check the share of the ``k`` most attended patches that two maps have in common.
+
+    ``student_fn(a, b, k)`` takes two ``(B, N)`` maps (one row per image, no ties within a row) and an
+    ``int`` k ≤ N and returns a ``(B,)`` tensor: for each row, how many of the k largest entries of ``a``
+    are also among the k largest of ``b``, divided by k (1: the same top k; 0: none in common).
+    ``seed``: other sizes and k, including k = N (a hidden test).
+    """
+    require_callable("top_overlap", student_fn, "a function (a, b, k) -> (B,) shares")
+    check, reference = "top_overlap", "the definition"
+    configs = [(6, 16, 4), (2, 16, 1), (3, 64, 8)]
+    if seed is not None:
+        g = generator(seed)
+        configs = [(randint(g, 1, 6), n, randint(g, 1, n)) for n in (randint(g, 4, 64), randint(g, 4, 64))]
+        configs.append((2, 9, 9))
+    total = len(configs)
+    for i, (batch, n, k) in enumerate(configs):
+        case = Case(check, i, total, f"{batch} rows of {n} patches, k = {k}")
+        g = generator((900 if seed is None else seed) + i)
+        a = torch.rand(batch, n, generator=g)
+        b = torch.where(torch.rand(batch, n, generator=g) < 0.5, a + 0.1 * torch.rand(batch, n, generator=g),
+                        torch.rand(batch, n, generator=g))          # partly the same ranking, partly not
+        originals = {"a": a.clone(), "b": b.clone()}
+        got = case.call(student_fn, a, b, k)
+        case.unchanged({"a": a, "b": b}, originals)
+        want = _overlap(a, b, k)
+        value = got.double() if isinstance(got, Tensor) else got
+        problem = difference(value, want, "the overlap", atol=1e-6)
+        if problem:
+            hint = first_hint(value, [
+                (want * k, "divide the number of patches in common by k: a share between 0 and 1."),
+                (_overlap(a, b, k, largest=False), "take the k *largest* weights of each row, not the smallest."),
+            ])
+            if hint is None and isinstance(got, Tensor) and got.shape != want.shape:
+                hint = f"return one share per row: shape ({batch},); got {describe_shape(got)}."
+            case.fail(problem, hint)
+    passed(check, total, reference)
