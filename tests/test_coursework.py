@@ -12,7 +12,7 @@
 Grading runs whole notebooks, so CI grades a representative subset: notebook 02 (attention, the
 examples of the checklist) and the small assignment, about a minute; every notebook is released and
 checked for leaked solutions. ``TITN_EDU_GRADE_ALL=1`` also grades the solution and the untouched student
-version of every notebook 00-06 (several minutes).
+version of every notebook 00-10 (about half an hour on two cores).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ pytest.importorskip("otter")
 from titn_edu import grading  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-COURSE = sorted(p for p in NOTEBOOKS.glob("0[0-6]_*.ipynb"))
+COURSE = grading.course_notebooks([NOTEBOOKS])
 DELEGATED = "the library's own version of what this exercise asks you to write"
 JOBS = max(2, min(4, os.cpu_count() or 1))  # submissions graded at once
 
@@ -92,6 +92,11 @@ def _solution_lines(nb: nbformat.NotebookNode) -> set[str]:
 def released(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("release") / "handout"
     return grading.release(out, notebooks=COURSE, run_tests=False)
+
+
+def test_every_course_notebook_is_marked_up():
+    assert [p.name for p in COURSE] == sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    assert len(COURSE) == 11
 
 
 def test_release_writes_every_notebook_and_refuses_to_overwrite(released):

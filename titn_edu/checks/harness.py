@@ -85,6 +85,7 @@ class Case:
     desc: str
     forbidden: Forbidden = NOTHING
     seconds: float | None = None  # the time limit of one call; None: TIME_LIMIT_S
+    late_hint: str = "look for a loop that never ends, or a Python loop over every element of a tensor."
 
     def fail(self, message: str, hint: str | None = None) -> NoReturn:
         """Raise the ``AssertionError`` a student sees: case, problem, and a hint when there is one."""
@@ -116,8 +117,7 @@ class Case:
                       "asks you to write.", "write it yourself; the check recognises the library's code however it is "
                       "reached (called directly, under another name, wrapped, or inherited by subclassing).")
         if isinstance(error, TimeLimitExceeded) or time.monotonic() - start > limit:
-            self.fail(f"your implementation did not finish within {limit:g} s, its time limit.",
-                      "look for a loop that never ends, or a Python loop over every element of a tensor.")
+            self.fail(f"your implementation did not finish within {limit:g} s, its time limit.", self.late_hint)
         if error is not None:
             self.fail(f"your implementation raised {type(error).__name__}: {error}", hint)
         return result
@@ -315,7 +315,9 @@ def within_budget(fn: Callable, *args: Any, seconds: float, what: str = "trainin
     measures the accuracy of what it returns. Running past ``seconds`` (wall clock), raising, or
     running ``forbidden`` code fails with an ``AssertionError`` that says which (named ``what``).
     """
-    case = Case(what, 0, 1, f"a budget of {seconds:g} s", forbidden, seconds)
+    case = Case(what, 0, 1, f"a budget of {seconds:g} s", forbidden, seconds,
+                late_hint="do less within the budget (fewer epochs or images, a smaller model) and time your "
+                          "function on your own machine first; the budget is wall-clock time on the grading machine.")
     start = time.monotonic()
     result = case.call(fn, *args, **kwargs)
     return result, time.monotonic() - start
