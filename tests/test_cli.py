@@ -179,6 +179,16 @@ def test_time_limit_stops_in_slices_and_resume_finishes(tmp_path, capsys):
     assert metrics["timeline"][-1]["train_minutes"] > metrics["timeline"][0]["train_minutes"]
 
 
+def test_time_limit_stops_when_another_epoch_as_long_would_pass_it():
+    import time
+
+    from titn_edu.cli import _time_limit
+
+    [over] = _time_limit(1.0, time.perf_counter() - 50.0)  # a one-minute slice, 50 s in
+    assert not over({"seconds": 5.0}) and over({"seconds": 15.0})
+    assert _time_limit(None, 0.0) == []
+
+
 def test_cifar10_quick_runs_at_a_tiny_budget(tmp_path, monkeypatch):
     """The preset's whole path (ResNet-9 teacher, TITN student, batches augmented on the CPU, the
     test set tracked every epoch) at a few seconds' budget; its real figures are a recorded run."""

@@ -195,8 +195,8 @@ def _add_recipe_flags(tr: argparse.ArgumentParser) -> None:
 def _add_run_flags(tr: argparse.ArgumentParser) -> None:
     """``train``: where and how long to run, where the data and the results go."""
     tr.add_argument("--time-limit", type=_positive_float("--time-limit"), metavar="MINUTES",
-                    help="stop after the epoch that passes this many minutes, keeping last.pt; continue "
-                         "later with --resume (training in slices; exit code 75)")
+                    help="stop after the epoch when another as long would end past this many minutes, "
+                         "keeping last.pt; continue later with --resume (training in slices; exit code 75)")
     tr.add_argument("--save-every", type=_int_at_least(1, "--save-every"), metavar="EPOCHS",
                     help="write last.pt and best.pt every this many epochs, after the last one and when the run "
                          "stops (default: the preset's, else 1)")
@@ -740,12 +740,13 @@ def _first(*values: Any) -> Any:
 
 
 def _time_limit(minutes: float | None, start: float) -> list:
-    """``fit`` callbacks that stop training after the epoch that passes ``minutes`` since ``start``."""
+    """``fit`` callbacks that stop training after an epoch when another one as long would end ``minutes``
+    after ``start`` or later: a slice ends within its limit whenever its epochs take about the same time."""
     if minutes is None:
         return []
 
     def over_time(record: dict[str, Any]) -> bool:
-        return time.perf_counter() - start >= 60.0 * minutes
+        return time.perf_counter() - start + float(record.get("seconds") or 0.0) >= 60.0 * minutes
 
     return [over_time]
 
