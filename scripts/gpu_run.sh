@@ -2,7 +2,8 @@
 # The project's GPU work in one or two prepared commands: the CUDA smoke test, the timed CIFAR-10 run of
 # the paper's TITN, the throughput rows against timm's TNT, and (with time left) the course model's run.
 #
-#   bash scripts/gpu_run.sh [--out DIR] [--work DIR] [--budget S] [--deadline S] [--device cuda|cpu] [--quick] [STEP ...]
+#   bash scripts/gpu_run.sh [--out DIR] [--work DIR] [--budget S] [--deadline S] [--device cuda|cpu] [--quick]
+#                           [--no-compile] [STEP ...] [-- TITN-EDU-TRAIN-FLAGS ...]
 #
 # From the repository root, on a machine with torch and torchvision. Steps run in the order below, whatever
 # order they are named in (default: all), each under its own time limit, and the script goes on after a
@@ -19,16 +20,22 @@
 #               into OUT/results when complete (a second command resumes a paused run)
 #   course      titn-edu train --preset titn-cifar10 --compile, stopped at the --deadline (resumed next time)
 #
+# --budget S: seconds of the tta step's run (default 420; its epochs are sized to fit them); --deadline S:
+# seconds from the start of this command after which no step starts and the course run stops (default 560).
+# --no-compile: without torch.compile (smoke, tta, course), should it fail. Flags after -- go to the tta
+# step's titn-edu train (e.g. -- --augment crop-flip), after the preset's and the sizing's.
+#
 # Budget on one H200 (commands of at most 10 minutes, 15 minutes of device time in all, start included;
 # the arithmetic behind the epochs is in docs/gpu.md):
 #
 #   | command | travels with                   | steps            | limits (s)              | expected   |
 #   |---------|--------------------------------|------------------|-------------------------|------------|
-#   | 1       | .parts/cifar10.part00of02.npz  | smoke throughput | 240, 240                | ~3.5 min   |
-#   | 2       | .parts/cifar10.part01of02.npz  | data tta course  | 90, --budget + 60, rest | <= 9.3 min |
+#   | 1       | .parts/cifar10.part00of02.npz  | smoke throughput | 180, 200                | ~3.7 min   |
+#   | 2       | .parts/cifar10.part01of02.npz  | data tta course  | 90, --budget + 60, rest | ~7.8 min   |
 #
-#   machine start ~1.5 min + 3.5 + 9.3 = 14.3 min, about 40 s left for the pauses between commands.
-#   Command 2: --budget 420 (tta), --deadline 560 (course only if at least 60 s are left before it).
+#   machine start ~1.5 min + 3.7 + 7.8 = 13 min, the rest for the pause between the commands and margin.
+#   Command 2: --budget 420 (tta), --deadline 560 (course only if at least 60 s are left before it); with
+#   less device time left, --budget = (seconds left) - 180 and --deadline = (seconds left) - 60.
 #
 # OUT (default benchmarks/gpu-results; the folder whose files come back) gets at most 8 files, at most one
 # folder down: summary.json (each step's exit status, seconds and limit; the machine), gpu_run.log (every
@@ -43,9 +50,11 @@
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2  # the repository root: relative paths below start there
 
-OUT=benchmarks/gpu-results WORK=runs/gpu BUDGET=420 DEADLINE=560 DEVICE=cuda QUICK=0 STEPS=()
+OUT=benchmarks/gpu-results WORK=runs/gpu BUDGET=420 DEADLINE=560 DEVICE=cuda QUICK=0 COMPILE=1 STEPS=() EXTRA=()
 while [ $# -gt 0 ]; do
     case $1 in
+        --) shift; EXTRA=("$@"); break ;;
+        --no-compile) COMPILE=0; shift ;;
         --out) OUT=$2; shift 2 ;;
         --work) WORK=$2; shift 2 ;;
         --budget) BUDGET=$2; shift 2 ;;
@@ -81,7 +90,10 @@ if [ "$QUICK" = 1 ]; then  # tiny sizes: the whole script in about a minute on a
     LIMITS=(120 120 60 180 120) MIN_COURSE=10 TTA_BUDGET=150
 else  # (the tta step sizes its epochs again for its own --budget from the step times in WORK/sizing.json)
     SMOKE=(--budget "$BUDGET") BENCH=(--rounds 5) TINY=(--compile) COURSE=(--compile)
-    LIMITS=(240 240 90 $((BUDGET + 60)) 0) MIN_COURSE=60 TTA_BUDGET=$BUDGET
+    LIMITS=(180 200 90 $((BUDGET + 60)) 0) MIN_COURSE=60 TTA_BUDGET=$BUDGET
+    if [ "$COMPILE" = 0 ]; then  # eager PyTorch (the benchmark keeps compiling: it compares compiled models)
+        SMOKE+=(--no-compile) TINY=() COURSE=()
+    fi
 fi
 
 summary() {  # summary.json from the steps so far and the machine (rewritten after each step)
@@ -139,7 +151,7 @@ fi
 if wants tta; then
     step tta "${LIMITS[3]}" "$PY" scripts/reproduce_cifar10.py --preset gpu-cifar10 --output "$WORK/c10" \
         --budget "$TTA_BUDGET" --sizing "$WORK/sizing.json" --record --results "$OUT/results" -- \
-        --device "$DEVICE" --no-progress "${TINY[@]}"
+        --device "$DEVICE" --no-progress ${TINY[@]+"${TINY[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
     [ -f "$WORK/c10/metrics.json" ] && cp "$WORK/c10/metrics.json" "$OUT/tta_metrics.json"
 fi
 if wants course; then
@@ -153,7 +165,7 @@ if wants course; then
         [ -f "$WORK/course/metrics.json" ] && resume=(--resume "$WORK/course")
         minutes=$(awk -v s="$left" 'BEGIN {t = s - 20; if (t < s / 2) t = s / 2; printf "%.3f", t / 60}')
         step course "$left" "$PY" -m titn_edu train --preset titn-cifar10 --output "$WORK/course" \
-            ${resume[@]+"${resume[@]}"} --device "$DEVICE" --no-progress --time-limit "$minutes" "${COURSE[@]}"
+            ${resume[@]+"${resume[@]}"} --device "$DEVICE" --no-progress --time-limit "$minutes" ${COURSE[@]+"${COURSE[@]}"}
         [ -f "$WORK/course/metrics.json" ] && cp "$WORK/course/metrics.json" "$OUT/course_metrics.json"
     fi
 fi

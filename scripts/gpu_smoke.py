@@ -99,6 +99,7 @@ class Smoke:
     def __init__(self, args: argparse.Namespace) -> None:
         self.device = torch.device(args.device)
         self.quick, self.backend = args.quick, ("eager" if args.quick else "inductor")
+        self.compile = not (args.quick or args.no_compile)  # the student's training step in check 6
         self.s = get_preset(args.preset)
         if self.quick:  # tiny sizes: every check in seconds on a CPU
             self.s.update(model="titn-tiny", model_args=dict(depth=1), teacher="cnn-small",
@@ -243,14 +244,14 @@ def check_student(run: Smoke) -> dict[str, Any]:
     if run.teacher is None:
         raise RuntimeError("needs the teacher check")
     student = run.student_model()
-    history = _student_fit(run, student, 2, compile=not run.quick)
+    history = _student_fit(run, student, 2, compile=run.compile)
     if history.status != "completed":
         raise RuntimeError(f"fit ended {history.status}: {history.message}")
     step, test_pass, compile_s = _epoch_times(history, run.batches)
     run.measured.update(student_step=step, student_eval=test_pass, compile=compile_s)
     run.student = student
     batch = run.s["batch_size"]
-    return {"compiled": not run.quick, "step_ms": 1000 * step, "images_per_s": batch / step,
+    return {"compiled": run.compile, "step_ms": 1000 * step, "images_per_s": batch / step,
             "test_pass_s": test_pass, "first_epoch_extra_s": compile_s,
             "teacher_agreement": history[-1]["teacher_agreement"], "train_loss": history[-1]["train_loss"]}
 
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--quick", action="store_true", help="tiny models and sizes, compile's eager backend")
+    p.add_argument("--no-compile", action="store_true", help="train the student without torch.compile (check 6)")
     p.add_argument("--preset", default="gpu-cifar10", help="the training preset measured (default gpu-cifar10)")
     p.add_argument("--budget", type=float, default=420.0,
                    help="seconds of the timed run to size, as reproduce_cifar10.py --budget (default 420)")

@@ -1,8 +1,8 @@
 """Reproduce the paper on CIFAR-10 (Table 4): a teacher, then TITN distilled from it, timed to the paper's top-1.
 
 The run goes in resumable slices, so it fits machines whose commands are time-limited: each call trains
-for at most ``--budget`` seconds (``titn-edu train --time-limit`` stops it after the epoch that passes the
-budget less a margin; checkpoints are written atomically), and the next call resumes where it stopped.
+for at most ``--budget`` seconds (``titn-edu train --time-limit`` stops it after the last epoch that fits
+the budget less a margin; checkpoints are written atomically), and the next call resumes where it stopped.
 When the run is complete, ``--record`` writes the run records to ``results/`` (teacher and student), from
 which the README's reproduction table is generated.
 
@@ -68,8 +68,9 @@ def _slices(out: Path) -> list[dict[str, Any]]:
 
 
 def time_limit(budget: float) -> float:
-    """Seconds ``titn-edu train`` may train in a slice of ``budget`` seconds: a margin is left for the epoch that
-    passes the limit, the final scores and the exit (a tenth of the budget, between 5 and 60 seconds)."""
+    """Seconds ``titn-edu train`` may train in a slice of ``budget`` seconds: a margin is left for Python's
+    start, an epoch longer than the one before, the final scores and the exit (a tenth of the budget,
+    between 5 and 60 seconds)."""
     return max(budget - min(60.0, max(5.0, 0.1 * budget)), 0.5 * budget)
 
 
@@ -88,8 +89,8 @@ def train_slice(out: Path, preset: str, extra: list[str], budget: float) -> str:
     try:
         code = subprocess.run(cmd, timeout=budget, env=env).returncode  # this checkout's titn_edu
         status = "paused" if code == EXIT_SLICE else (_status(out) or "unknown") if code == 0 else f"failed ({code})"
-    except subprocess.TimeoutExpired:
-        status = "paused"
+    except subprocess.TimeoutExpired:  # killed at the budget: paused, unless it had just finished
+        status = "completed" if _status(out) == "completed" else "paused"
     save_json(out / "slices.json", _slices(out) + [{"start": start, "end": time.time(), "status": status}])
     if status == "paused":
         print(f"paused after {time.time() - start:.0f} s: run the same command again to resume", flush=True)
@@ -220,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         status = train_slice(out, args.preset, extra, args.budget)
     print(f"status: {status} ({time.perf_counter() - start:.0f} s this call)")
     if status == "completed" and args.record:
-        command = shlex.join(["python", "scripts/reproduce_cifar10.py", "--preset", args.preset,
-                              *(["--tiny"] if args.tiny else []), *(["--", *extra] if extra and not args.tiny else [])])
+        options = [*(["--tiny"] if args.tiny else []), "--budget", f"{args.budget:g}",
+                   *(["--target", f"{args.target:g}"] if args.target is not None else [])]
+        command = shlex.join(["python", "scripts/reproduce_cifar10.py", "--preset", args.preset, *options,
+                              *(["--", *extra] if extra and not args.tiny else [])])
         record(out, Path(args.results), args.device_name, command, args.target)
     return 0 if status in ("completed", "paused") else 1
 
