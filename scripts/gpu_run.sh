@@ -83,7 +83,7 @@ FAILED=()
 if [ "$QUICK" = 1 ]; then  # tiny sizes: the whole script in about a minute on a CPU
     SMOKE=(--quick --budget 60)
     BENCH=(--batch-size 4 --rounds 1 --steps 1 --warmup 0 --no-memory --no-compile --no-amp --no-accelerate)
-    TINY=(--model titn-tiny --model-arg depth=1 --teacher cnn-small --teacher-arg width=4 --epochs 2
+    TINY=(--model titn-tiny --model-arg depth=1 --teacher-arg width=4 --epochs 2
           --teacher-epochs 1 --batch-size 16 --policy-group 4 --save-every 1 --threads 1 --no-accelerate)
     COURSE=(--model-arg depth=1 --teacher-arg width=4 --epochs 1 --teacher-epochs 1 --batch-size 16
             --limit 64 --test-limit 32 --threads 1 --no-accelerate)

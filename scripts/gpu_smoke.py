@@ -102,8 +102,8 @@ class Smoke:
         self.compile = not (args.quick or args.no_compile)  # the student's training step in check 6
         self.s = get_preset(args.preset)
         if self.quick:  # tiny sizes: every check in seconds on a CPU
-            self.s.update(model="titn-tiny", model_args=dict(depth=1), teacher="cnn-small",
-                          teacher_args=dict(width=4), batch_size=16, teacher_batch_size=16, policy_group=4)
+            self.s.update(model="titn-tiny", model_args=dict(depth=1), teacher_args=dict(self.s["teacher_args"], width=4),
+                          batch_size=16, teacher_batch_size=16, policy_group=4)
         self.batches = 3 if self.quick else 12  # steps per calibration epoch
         self.test_images = 32 if self.quick else TEST_IMAGES
         self.folder = Path(tempfile.mkdtemp(prefix="gpu_smoke_"))

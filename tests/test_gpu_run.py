@@ -86,7 +86,7 @@ def test_quick_run_on_cpu_as_the_two_commands_of_the_plan(tmp_path):
     out = tmp_path / "out2"
     assert sorted(p.relative_to(out).as_posix() for p in _returned_files(out)) == sorted([
         "summary.json", "gpu_run.log", "tta_metrics.json", "course_metrics.json",
-        "results/gpu-cifar10-cnn-small-teacher.json", "results/gpu-cifar10-titn-tiny-student.json"])
+        "results/gpu-cifar10-resnet9-teacher.json", "results/gpu-cifar10-titn-tiny-student.json"])
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["steps"]] == ["data", "tta", "course"] and summary["failed"] == []
     student = json.loads((out / "results" / "gpu-cifar10-titn-tiny-student.json").read_text())
