@@ -21,7 +21,8 @@
 #   course      titn-edu train --preset titn-cifar10 --compile, stopped at the --deadline (resumed next time)
 #
 # --budget S: seconds of the tta step's run (default 420; its epochs are sized to fit them); --deadline S:
-# seconds from the start of this command after which no step starts and the course run stops (default 560).
+# seconds from the start of this command by which the course step, the last, stops; it starts only with
+# at least 2 minutes left (default 560).
 # --no-compile: without torch.compile (smoke, tta, course), should it fail. Flags after -- go to the tta
 # step's titn-edu train (e.g. -- --augment crop-flip), after the preset's and the sizing's.
 #
@@ -34,7 +35,7 @@
 #   | 2       | .parts/cifar10.part01of02.npz  | data tta course  | 90, --budget + 60, rest | ~7.8 min   |
 #
 #   machine start ~1.5 min + 3.7 + 7.8 = 13 min, the rest for the pause between the commands and margin.
-#   Command 2: --budget 420 (tta), --deadline 560 (course only if at least 60 s are left before it); with
+#   Command 2: --budget 420 (tta), --deadline 560 (course only if at least 120 s are left before it); with
 #   less device time left, --budget = (seconds left) - 180 and --deadline = (seconds left) - 60.
 #
 # OUT (default benchmarks/gpu-results; the folder whose files come back) gets at most 8 files, at most one
@@ -90,7 +91,7 @@ if [ "$QUICK" = 1 ]; then  # tiny sizes: the whole script in about a minute on a
     LIMITS=(120 120 60 180 120) MIN_COURSE=10 TTA_BUDGET=150
 else  # (the tta step sizes its epochs again for its own --budget from the step times in WORK/sizing.json)
     SMOKE=(--budget "$BUDGET") BENCH=(--rounds 5) TINY=(--compile) COURSE=(--compile)
-    LIMITS=(180 200 90 $((BUDGET + 60)) 0) MIN_COURSE=60 TTA_BUDGET=$BUDGET
+    LIMITS=(180 200 90 $((BUDGET + 60)) 0) MIN_COURSE=120 TTA_BUDGET=$BUDGET
     if [ "$COMPILE" = 0 ]; then  # eager PyTorch (the benchmark keeps compiling: it compares compiled models)
         SMOKE+=(--no-compile) TINY=() COURSE=()
     fi
