@@ -20,9 +20,9 @@
 #               into OUT/results when complete (a second command resumes a paused run)
 #   course      titn-edu train --preset titn-cifar10 --compile, stopped at the --deadline (resumed next time)
 #
-# --budget S: seconds of the tta step's run (default 420; its epochs are sized to fit them); --deadline S:
+# --budget S: seconds of the tta step's run (default 400; its epochs are sized to fit them); --deadline S:
 # seconds from the start of this command by which the course step, the last, stops; it starts only with
-# at least 2 minutes left (default 560).
+# at least 2 minutes left (default 510).
 # --no-compile: without torch.compile (smoke, tta, course), should it fail. Flags after -- go to the tta
 # step's titn-edu train (e.g. -- --augment crop-flip), after the preset's and the sizing's.
 #
@@ -32,11 +32,12 @@
 #   | command | travels with                   | steps            | limits (s)              | expected   |
 #   |---------|--------------------------------|------------------|-------------------------|------------|
 #   | 1       | .parts/cifar10.part00of02.npz  | smoke throughput | 180, 200                | ~3.7 min   |
-#   | 2       | .parts/cifar10.part01of02.npz  | data tta course  | 90, --budget + 60, rest | ~7.8 min   |
+#   | 2       | .parts/cifar10.part01of02.npz  | data tta course  | 90, --budget + 60, rest | 8.5 min    |
 #
-#   machine start ~1.5 min + 3.7 + 7.8 = 13 min, the rest for the pause between the commands and margin.
-#   Command 2: --budget 420 (tta), --deadline 560 (course only if at least 120 s are left before it); with
-#   less device time left, --budget = (seconds left) - 180 and --deadline = (seconds left) - 60.
+#   machine start ~1.5 min + 3.7 + 0.3 (pause) + 8.5 = 14 min. Command 2: data ~15 s, tta ~6.2 min
+#   (--budget 400), then course until --deadline 510 s, which makes it end on time whatever the others
+#   took. These defaults fit 570-590 s of device time left when command 2 starts; otherwise
+#   --budget = (seconds left) - 180, --deadline = (seconds left) - 60.
 #
 # OUT (default benchmarks/gpu-results; the folder whose files come back) gets at most 8 files, at most one
 # folder down: summary.json (each step's exit status, seconds and limit; the machine), gpu_run.log (every
@@ -51,7 +52,7 @@
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2  # the repository root: relative paths below start there
 
-OUT=benchmarks/gpu-results WORK=runs/gpu BUDGET=420 DEADLINE=560 DEVICE=cuda QUICK=0 COMPILE=1 STEPS=() EXTRA=()
+OUT=benchmarks/gpu-results WORK=runs/gpu BUDGET=400 DEADLINE=510 DEVICE=cuda QUICK=0 COMPILE=1 STEPS=() EXTRA=()
 while [ $# -gt 0 ]; do
     case $1 in
         --) shift; EXTRA=("$@"); break ;;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Every GPU path of the project checked in about a minute, and the step times that size the real run.
 
-    python scripts/gpu_smoke.py --json OUT/smoke.json --sizing runs/gpu/sizing.json --budget 420
+    python scripts/gpu_smoke.py --json OUT/smoke.json --sizing runs/gpu/sizing.json --budget 400
     python scripts/gpu_smoke.py --device cpu --quick --json smoke.json       # the same checks, tiny, on a CPU
 
 The checks use the settings of a training preset (default ``gpu-cifar10``: its models, batch sizes,
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny models and sizes, compile's eager backend")
     p.add_argument("--no-compile", action="store_true", help="train the student without torch.compile (check 6)")
     p.add_argument("--preset", default="gpu-cifar10", help="the training preset measured (default gpu-cifar10)")
-    p.add_argument("--budget", type=float, default=420.0,
-                   help="seconds of the timed run to size, as reproduce_cifar10.py --budget (default 420)")
+    p.add_argument("--budget", type=float, default=400.0,
+                   help="seconds of the timed run to size, as reproduce_cifar10.py --budget (default 400)")
     p.add_argument("--json", type=Path, help="write the verdict, every check and the sizing here")
     p.add_argument("--sizing", type=Path, help="also write the sizing and its step times here "
                    "(for reproduce_cifar10.py --sizing)")

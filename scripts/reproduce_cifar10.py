@@ -7,7 +7,7 @@ When the run is complete, ``--record`` writes the run records to ``results/`` (t
 which the README's reproduction table is generated.
 
     # the timed GPU run (docs/gpu.md; scripts/gpu_run.sh runs it): epochs sized by scripts/gpu_smoke.py
-    python scripts/reproduce_cifar10.py --preset gpu-cifar10 --output runs/gpu/c10 --budget 420 \\
+    python scripts/reproduce_cifar10.py --preset gpu-cifar10 --output runs/gpu/c10 --budget 400 \\
         --sizing runs/gpu/sizing.json --record -- --compile
     # the paper's own settings (VGG16-BN, 600 epochs: hours), in slices
     python scripts/reproduce_cifar10.py --output runs/c10 --budget 540 -- --device cuda --compile
