@@ -1,4 +1,4 @@
-"""scripts/gpu_run.sh, the prepared GPU lease, end to end on the CPU with tiny sizes (its --quick mode), as the
+"""scripts/gpu_run.sh, the prepared GPU run, end to end on the CPU with tiny sizes (its --quick mode), as the
 two commands of the plan; the sizing arithmetic and the time-to-accuracy bookkeeping on their own."""
 
 from __future__ import annotations
