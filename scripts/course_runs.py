@@ -10,21 +10,24 @@ Everything else comes from the ``cifar10-quick`` preset (AdamW, crop + flip, lab
 label term) and the teacher is the shipped ``teacher-cifar10`` (a ResNet-9, about 80 %). Each variant
 changes one thing against **TITN** (teacher + CutMix + hard distillation, eq. 9-10):
 
-* the distillation experiment (notebook 08): without the teacher, without CutMix, without both, and
-  soft instead of hard distillation;
+* the distillation experiment (notebook 08): without the teacher, without CutMix, without both, soft
+  instead of hard distillation, and a weak teacher (the same ResNet-9 trained in the run for 3 epochs on its
+  10,000 images, with AdamW);
 * the ablations of the paper's Tables 3-5 (notebook 10): ViT, DeiT, TNT, TITN with large patches,
   TITN with MixUp.
 
 A run goes to ``runs/course/VARIANT-seedN/`` (killed runs continue with ``--resume``); once it has
 finished, its ``metrics.json`` is recorded as ``results/course/VARIANT_seedN.json``
 (:func:`titn_edu.results.record_result`) and the notebooks read those files. A variant whose record
-exists is skipped, so the command can be re-run after an interruption.
+exists is skipped, so the command can be re-run after an interruption; several invocations can share
+the work (a run being trained holds ``runs/course/VARIANT-seedN/.lock``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +48,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "titn-soft": ("TITN, soft distillation",
                   ["--model", "titn-tiny", "--teacher", TEACHER, "--mixing", "cutmix", "--distillation", "soft",
                    "--tau", "3"]),
+    "titn-weak-teacher": ("TITN, weak teacher",
+                          ["--model", "titn-tiny", "--teacher", "resnet9", "--teacher-arg", "width=16",
+                           "--teacher-epochs", "3", "--teacher-optimizer", "adamw", "--teacher-lr", "0.003",
+                           "--mixing", "cutmix"]),
     "vit": ("ViT", ["--model", "vit-tiny", "--teacher", "none", "--mixing", "cutmix"]),
     "deit": ("DeiT", ["--model", "deit-tiny", "--teacher", TEACHER, "--mixing", "cutmix"]),
     "tnt": ("TNT", ["--model", "tnt-tiny", "--teacher", "none", "--mixing", "cutmix"]),
@@ -59,17 +66,36 @@ def _finished(run: Path) -> bool:
     return metrics.is_file() and json.loads(metrics.read_text()).get("status") == "completed"
 
 
-def run_one(variant: str, seed: int, threads: int) -> Path:
-    """Train (or continue) one run and record it; returns the record's path."""
+def _claim(out: Path) -> Path | None:
+    """Create ``out/.lock`` (the caller removes it when the run ends); ``None`` if another invocation holds it,
+    so that two invocations never train the same run."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return None
+    return lock
+
+
+def run_one(variant: str, seed: int, threads: int) -> Path | None:
+    """Train (or continue) one run and record it; returns the record's path (``None``: another invocation
+    is training it)."""
     from titn_edu.results import record_result
 
     label, flags = VARIANTS[variant]
     out, record = RUNS / f"{variant}-seed{seed}", RESULTS / f"{variant}_seed{seed}.json"
     command = ["titn-edu", "train", *BASE, *flags, "--seed", str(seed), "--threads", str(threads), "--no-progress"]
     if not _finished(out):
-        where = ["--resume", str(out)] if (out / "metrics.json").is_file() else ["--output", str(out)]
-        print(f"[{variant} seed {seed}]", " ".join(command + where), flush=True)
-        subprocess.run(command + where, check=True)
+        lock = _claim(out)
+        if lock is None:
+            return None
+        try:
+            where = ["--resume", str(out)] if (out / "metrics.json").is_file() else ["--output", str(out)]
+            print(f"[{variant} seed {seed}]", " ".join(command + where), flush=True)
+            subprocess.run(command + where, check=True)
+        finally:
+            lock.unlink(missing_ok=True)
     config = json.loads((out / "metrics.json").read_text())["config"]
     return record_result(out / "metrics.json", record, dataset=config["dataset"], model=config["model"],
                          role="student", device=config["device"], command=" ".join(command + ["--output", "DIR"]),
@@ -90,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:  # seed by seed: after each pass every variant has the same number of seeds
         for variant in args.variants:
             if not (RESULTS / f"{variant}_seed{seed}.json").is_file():
-                print("recorded", run_one(variant, seed, args.threads).relative_to(ROOT), flush=True)
+                record = run_one(variant, seed, args.threads)
+                print(f"recorded {record.relative_to(ROOT)}" if record else
+                      f"skipped {variant} seed {seed}: another invocation is training it", flush=True)
     return 0
 
 

@@ -220,7 +220,16 @@ def test_importing_and_checking_builds_and_writes_nothing(tmp_path):
         import sys, torch, titn_edu
         model = titn_edu.build_model("titn-tiny", num_classes=3)
         sum(model(torch.randn(2, 3, 32, 32))).sum().backward()
-        titn_edu.checks.transformer_block(titn_edu.TransformerBlock)
+        class Block(torch.nn.Module):  # a student's block: the library's attention and MLP, its own residuals
+            def __init__(self, *, dim, num_heads, mlp_ratio=4.0):
+                super().__init__()
+                self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+                self.attn = titn_edu.MultiHeadAttention(dim, num_heads)
+                self.mlp = titn_edu.Mlp(dim, int(dim * mlp_ratio))
+            def forward(self, x):
+                x = x + self.attn(self.norm1(x))
+                return x + self.mlp(self.norm2(x))
+        titn_edu.checks.transformer_block(Block)
         print("accel imported:", "titn_edu.accel" in sys.modules)
     """, HOME=str(home), XDG_CACHE_HOME="", TITN_EDU_CACHE_DIR=str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr

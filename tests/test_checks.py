@@ -1,7 +1,12 @@
-"""The coursework checkers accept correct implementations and catch subtly wrong ones with a useful message."""
+"""The coursework checkers accept correct implementations and catch subtly wrong ones with a useful message.
+
+The library's own implementations are refused by every checker (tests/test_checks_guard.py); run with the
+guard lifted (:func:`unguarded`) they pass, which shows that each checker's reference is the library's.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -12,6 +17,21 @@ from torch import nn
 
 import titn_edu
 from titn_edu import checks
+from titn_edu.checks import guard
+
+
+@contextlib.contextmanager
+def unguarded():
+    """The checkers with the watch for the library's own code lifted (for testing their references only)."""
+
+    @contextlib.contextmanager
+    def no_watch(self):
+        yield []
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard.Forbidden, "watching", no_watch)
+        mp.setattr(guard.Forbidden, "subclassed_by", lambda self, cls: None)
+        yield
 
 
 def fails(check, student, *needles: str) -> str:
@@ -36,15 +56,18 @@ def attention_ok(q, k, v, *, mask=None):
 def test_attention_accepts_correct_and_library(capsys):
     checks.attention(attention_ok)
     checks.attention(attention_ok, mask=True)
-    checks.attention(titn_edu.scaled_dot_product_attention, mask=True)
+    with unguarded():
+        checks.attention(titn_edu.scaled_dot_product_attention, mask=True)
     out = capsys.readouterr().out
     assert out.count("✓ attention passed") == 3
     assert "6/6 cases" in out
+    fails(lambda f: checks.attention(f, mask=True), titn_edu.scaled_dot_product_attention, "runs titn_edu.attention")
 
 
 @pytest.mark.parametrize("run", [lambda: checks.attention(attention_ok),
-                                 lambda: checks.multi_head_attention(titn_edu.MultiHeadAttention),
-                                 lambda: checks.inner_outer_block(titn_edu.TITNBlock)])
+                                 lambda: checks.multi_head_attention(MHA),
+                                 lambda: checks.inner_outer_block(TITNStudent),
+                                 lambda: checks.attention(attention_ok, seed=3)])
 def test_checkers_do_not_touch_global_rng(run):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -152,7 +175,8 @@ def mha(variant):
 
 def test_multi_head_attention_correct(capsys):
     checks.multi_head_attention(MHA)
-    checks.multi_head_attention(titn_edu.MultiHeadAttention)
+    with unguarded():
+        checks.multi_head_attention(titn_edu.MultiHeadAttention)
     assert capsys.readouterr().out.count("✓ multi_head_attention passed: 4/4") == 2
 
 
@@ -214,7 +238,8 @@ class MlpStudent(nn.Module):
 
 def test_mlp(capsys):
     checks.mlp(MlpStudent)
-    checks.mlp(titn_edu.Mlp)
+    with unguarded():
+        checks.mlp(titn_edu.Mlp)
     assert capsys.readouterr().out.count("✓ mlp passed: 3/3") == 2
     relu = type("Relu", (MlpStudent,), {"act": staticmethod(F.relu)})
     fails(checks.mlp, relu, "ReLU")
@@ -253,7 +278,8 @@ def test_transformer_block_mistakes(variant, needle):
 
 def test_transformer_block_correct(capsys):
     checks.transformer_block(BlockStudent)
-    checks.transformer_block(titn_edu.TransformerBlock)
+    with unguarded():
+        checks.transformer_block(titn_edu.TransformerBlock)
     assert capsys.readouterr().out.count("✓ transformer_block passed: 3/3") == 2
 
 
@@ -285,7 +311,8 @@ def test_patchify(capsys):
 
 
 def test_pixelify(capsys):
-    checks.pixelify(titn_edu.pixelify)
+    with unguarded():
+        checks.pixelify(titn_edu.pixelify)
     assert "✓ pixelify passed: 4/4" in capsys.readouterr().out
 
     def pixels_col_major(images, p, m):
@@ -336,7 +363,8 @@ def titn_variant(variant):
 
 def test_inner_outer_block_correct(capsys):
     checks.inner_outer_block(TITNStudent)
-    checks.inner_outer_block(titn_edu.TITNBlock)
+    with unguarded():
+        checks.inner_outer_block(titn_edu.TITNBlock)
     assert capsys.readouterr().out.count("✓ inner_outer_block passed: 3/3") == 2
 
 
@@ -428,7 +456,8 @@ def _preprocess_ok(name):
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
 def test_preprocess_correct(name, capsys):
     checks.preprocess(_preprocess_ok(name), name)
-    checks.preprocess(titn_edu.get_transforms(name, train=False), name)
+    with unguarded():
+        checks.preprocess(titn_edu.get_transforms(name, train=False), name)
     assert capsys.readouterr().out.count(f"✓ preprocess[{name}] passed: 5/5") == 2
 
 

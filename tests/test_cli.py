@@ -290,3 +290,23 @@ def test_another_model_than_the_presets_drops_the_presets_model_arguments():
     assert other["model"] == "vit-tiny" and other["model_args"] == {"depth": 2}
     same = _settings(parser.parse_args(["train", "--preset", "cifar10-quick", "--model", "titn"]), parser, None)
     assert same["model_args"]["outer_dim"] == 192 and same["model_args"]["depth"] == 4
+
+
+def test_teacher_optimizer_and_learning_rate_flags_override_the_preset():
+    from titn_edu.cli import _settings, build_parser
+
+    parser = build_parser()
+    s = _settings(parser.parse_args(["train", "--preset", "cifar10-quick", "--teacher-optimizer", "adamw",
+                                     "--teacher-lr", "0.003"]), parser, None)
+    assert s["teacher_optimizer"] == "adamw" and s["teacher_lr"] == 0.003
+    default = _settings(parser.parse_args(["train", "--preset", "cifar10-quick"]), parser, None)
+    assert default["teacher_optimizer"] == "sgd" and default["teacher_lr"] == 0.2
+
+
+def test_a_teacher_at_chance_level_is_reported(capsys):
+    from titn_edu.cli import _warn_if_at_chance
+
+    _warn_if_at_chance({"test_top1": 10.0}, "cifar10")
+    assert "warning: the teacher is at chance level (10.00 %" in capsys.readouterr().out
+    _warn_if_at_chance({"test_top1": 80.4}, "cifar10")
+    assert capsys.readouterr().out == ""

@@ -119,3 +119,12 @@ def test_the_recorded_course_grid_parses_and_changes_one_thing_per_variant():
         assert s["limit"] == 10_000 and s["epochs"] == 12 and s["model_args"] == {}, name
         changed = {k for k in keys if s[k] != titn[k]} - {"tau"}
         assert name == "titn" or 1 <= len(changed) <= 2, (name, changed)   # ViT/TNT: model and teacher go together
+
+
+def test_recorded_finds_the_repositorys_runs_and_says_where_to_run_otherwise(tmp_path, monkeypatch):
+    root = Path(__file__).parents[1]
+    monkeypatch.chdir(root / "notebooks")
+    assert course.recorded("benchmarks", "results") == root / "benchmarks" / "results"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the notebook from a clone"):
+        course.recorded("results", "course")

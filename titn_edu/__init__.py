@@ -87,6 +87,7 @@ __all__ = [
     "evaluate",
     "viz",
     "checks",
+    "grading",
     "presets",
     "bench",
     "accel",
@@ -95,9 +96,10 @@ from . import course  # noqa: E402  (course part II: preset-driven training help
 
 __all__ += ["course"]
 
-#: Imported on first use only: the coursework checkers, the benchmark (it needs timm), the command
-#: line, and the optional CPU accelerator (importing it builds nothing; accel.accelerate(model) does).
-_LAZY = ("checks", "bench", "cli", "accel")
+#: Imported on first use only: the coursework checkers and grading (otter-grader), the benchmark (it
+#: needs timm), the command line, and the optional CPU accelerator (importing it builds nothing;
+#: accel.accelerate(model) does).
+_LAZY = ("checks", "grading", "bench", "cli", "accel")
 
 
 def __getattr__(name: str):

@@ -9,6 +9,8 @@
     torchrun --standalone --nproc_per_node=4 -m titn_edu train --preset paper-cifar10 --output runs/c10  # 4 GPUs
     titn-edu evaluate runs/quick/student/best.pt --dataset mnist
     titn-edu data export cifar10 --out /media/usb/titn-data         # stage data for offline machines
+    titn-edu course release --out handout                           # student notebooks + autograders (otter)
+    titn-edu course grade submissions/ --release handout --out grades   # per-student, per-question CSV
 
 A training run writes, under ``--output DIR``: ``teacher/`` and ``student/`` (each with
 ``last.pt``, ``best.pt``, ``history.json``) and ``metrics.json`` (test top-1/top-5 in percent, macro
@@ -123,12 +125,12 @@ def _device(text: str) -> str:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``titn-edu``: the commands ``train``, ``evaluate``, ``data export`` (and ``bench``)."""
+    """The parser of ``titn-edu``: ``train``, ``evaluate``, ``data export``, ``course`` (and ``bench``)."""
     parser = argparse.ArgumentParser(
         prog="titn-edu",
         description="Train and evaluate TITN (Transformer-in-Transformer with knowledge distillation) models.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,data,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,data,course,bench}")
     sub.required = True
     # (only listed here; `titn-edu bench ...` is handed to titn_edu.bench.main, which has its own options)
     sub.add_parser("bench", add_help=False,
@@ -140,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(tr)
     _add_evaluate_command(sub)
     _add_data_command(sub)
+    _add_course_command(sub)
     return parser
 
 
@@ -164,6 +167,8 @@ def _add_model_flags(tr: argparse.ArgumentParser) -> None:
 def _add_recipe_flags(tr: argparse.ArgumentParser) -> None:
     """``train``: how to train (each flag overrides the preset's value)."""
     tr.add_argument("--teacher-epochs", type=_int_at_least(1, "--teacher-epochs"), help="epochs to train the teacher")
+    tr.add_argument("--teacher-optimizer", choices=["paper", "sgd", "adamw"], help="the teacher's optimisation preset")
+    tr.add_argument("--teacher-lr", type=_positive_float("--teacher-lr"), help="the teacher's peak learning rate")
     tr.add_argument("--epochs", type=_int_at_least(1, "--epochs"), help="epochs to train the student")
     tr.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), help="student batch size")
     tr.add_argument("--lr", type=_positive_float("--lr"), help="student peak learning rate")
@@ -262,6 +267,29 @@ def _add_data_command(sub: Any) -> None:
     ex.add_argument("--splits", nargs="+", choices=["train", "test"], default=["train", "test"])
 
 
+def _add_course_command(sub: Any) -> None:
+    """``titn-edu course release`` / ``titn-edu course grade``: coursework with otter-grader (titn_edu.grading)."""
+    co = sub.add_parser("course", help="coursework: student notebooks, autograders, grading (otter-grader)")
+    csub = co.add_subparsers(dest="course_command", metavar="{release,grade}")
+    csub.required = True
+    rel = csub.add_parser("release", help="write the student notebooks and the autograders",
+                          description="Run otter assign on every marked-up course notebook: DIR/student (hand out), "
+                                      "DIR/autograder (one zip per notebook), DIR/solutions, DIR/course.json.")
+    rel.add_argument("--out", required=True, help="the release folder DIR (must be new or empty, unless --force)")
+    rel.add_argument("--notebooks", nargs="+", help="notebooks or folders (default: the repository's notebooks/)")
+    rel.add_argument("--skip-tests", action="store_true",
+                     help="do not run every solution notebook against its own tests (faster)")
+    rel.add_argument("--force", action="store_true", help="replace an existing DIR")
+    gr = csub.add_parser("grade", help="grade a folder of submissions: grades.csv, one row per student and question",
+                         description="SUBMISSIONS/<student>/<notebook>.ipynb, graded with otter run (no Docker).")
+    gr.add_argument("submissions", help="folder with one folder per student")
+    gr.add_argument("--release", required=True, help="the folder written by `titn-edu course release`")
+    gr.add_argument("--out", required=True, help="where to write grades.csv, <notebook>.csv and logs/")
+    gr.add_argument("--jobs", type=_int_at_least(1, "--jobs"), default=1, help="submissions graded at once (default 1)")
+    gr.add_argument("--timeout", type=_positive_float("--timeout"), default=1800.0,
+                    help="seconds one submission may take (default 1800)")
+
+
 # ----------------------------------------------------------------------------- helpers
 def _auto_threads() -> int:
     """The cores not already busy (1-minute load average), at least 1.
@@ -309,6 +337,7 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
         base = dict(DEFAULTS)
     flags = dict(
         dataset=args.dataset, model=args.model, teacher=args.teacher, teacher_epochs=args.teacher_epochs,
+        teacher_optimizer=args.teacher_optimizer, teacher_lr=args.teacher_lr,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         warmup_epochs=args.warmup_epochs, mixing=args.mixing, distillation=args.distillation, alpha=args.alpha,
         tau=args.tau, limit=args.limit, test_limit=args.test_limit, val_size=args.val_size, augment=args.augment,
@@ -495,6 +524,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any
     if teacher is not None:
         record["teacher"] = _teacher_row(teacher, teacher_kind, teacher_ref, test, device)
         _say(_summary("teacher", record["teacher"]))
+        _warn_if_at_chance(record["teacher"], s["dataset"])
     student, history = _student_stage(stage, student, teacher)
     if history.status != "completed":
         return _stopped(record, history, out, "student")
@@ -676,6 +706,18 @@ def _teacher_row(teacher: torch.nn.Module, kind: str, ref: Any, test: Any, devic
     return row
 
 
+def _warn_if_at_chance(row: dict[str, Any], dataset: str) -> None:
+    """A teacher no better than guessing gives the distillation head nothing to learn: say so before the
+    student trains (often a diverged teacher: too few warm-up steps for its learning rate on little data)."""
+    from .data import NUM_CLASSES
+
+    chance = 100.0 / NUM_CLASSES[dataset]
+    if row["test_top1"] < 1.5 * chance:
+        _say(f"warning: the teacher is at chance level ({row['test_top1']:.2f} % top-1, chance {chance:.0f} %): "
+             f"its labels teach the student nothing. Its training probably diverged; try a smaller --teacher-lr, "
+             f"--teacher-optimizer adamw, more --teacher-epochs or more images.")
+
+
 def _student_stage(stage: _Stages, student: torch.nn.Module, teacher: torch.nn.Module | None) -> tuple[Any, Any]:
     """Train the student (with distillation when there is a teacher); return ``(student, history)``."""
     from .checkpoint import load_model
@@ -840,6 +882,24 @@ def _cmd_data(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _cmd_course(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import grading
+
+    try:
+        if args.course_command == "release":
+            out = grading.release(args.out, notebooks=args.notebooks, run_tests=not args.skip_tests, force=args.force)
+            course = json.loads((out / "course.json").read_text())["notebooks"]
+            _say(f"released {len(course)} notebook(s) into {out}: student/ to hand out, autograder/ to grade")
+            return 0
+        path = grading.grade(args.submissions, release_dir=args.release, out=args.out, jobs=args.jobs,
+                             timeout_s=args.timeout)
+        _say(f"wrote {path} (and one CSV per notebook beside it)")
+        return 0
+    except (FileExistsError, ImportError) as err:
+        print(f"titn-edu: error: {err}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``titn-edu`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -850,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data}[args.command]
+    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data, "course": _cmd_course}[args.command]
     try:
         return command(args, parser)
     except (FileNotFoundError, ValueError) as err:

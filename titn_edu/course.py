@@ -34,6 +34,7 @@ __all__ = [
     "train_teacher",
     "train_student",
     "outputs_dir",
+    "recorded",
     "cached_teacher",
     "cached_student",
     "shipped_teacher",
@@ -181,19 +182,33 @@ def train_student(preset: dict[str, Any], train_data: Any, val_data: Any = None,
     return student.eval(), history
 
 
+def _repository() -> Path | None:
+    """The repository checkout holding the working directory (e.g. ``notebooks/``), if any."""
+    here = Path.cwd().resolve()
+    return next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file() and (p / "titn_edu").is_dir()),
+                None)
+
+
 def outputs_dir() -> Path:
     """Where notebooks keep what they make: ``$TITN_EDU_OUTPUTS``, else ``outputs/`` in the repository
     (found from the working directory, e.g. ``notebooks/``), else ``./outputs``. Created if missing."""
     env = os.environ.get("TITN_EDU_OUTPUTS")
-    if env:
-        path = Path(env).expanduser()
-    else:
-        here = Path.cwd().resolve()
-        root = next((p for p in (here, *here.parents) if (p / "pyproject.toml").is_file() and (p / "titn_edu").is_dir()),
-                    here)
-        path = root / "outputs"
+    path = Path(env).expanduser() if env else (_repository() or Path.cwd()) / "outputs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def recorded(*parts: str) -> Path:
+    """A path inside the repository's recorded runs, e.g. ``recorded("results", "course")`` or
+    ``recorded("benchmarks", "results", "cifar10_quick_seed0.json")``: the notebooks read the runs the
+    project recorded (``titn-edu train``'s ``metrics.json`` files), found from the working directory."""
+    root = _repository()
+    if root is None or not (root / parts[0]).exists():
+        raise FileNotFoundError(
+            f"the recorded runs ({'/'.join(parts)}) live in the project's repository; run the notebook from "
+            f"a clone of it (its notebooks/ folder), where {'/'.join(parts)} exists."
+        )
+    return root.joinpath(*parts)
 
 
 def _cached(path: Path, key: dict[str, Any], build: Any, train: Any, retrain: bool) -> tuple[nn.Module, list, bool]:

@@ -89,7 +89,10 @@ def test_server_refuses_to_save(lab):
     )  # fmt: skip
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=30)
-    assert info.value.code == 403
+    # 403 from the plain contents manager; jupytext's (installed with otter-grader) reports the same
+    # refusal as a 500 whose message is ours.
+    assert info.value.code in (403, 500)
+    assert "this test server never writes files" in info.value.read().decode()
     assert file_digest(target) == before
 
 

@@ -6,9 +6,12 @@ each one uses the pieces below in this order:
 1. **inputs**: seeded, from a private generator (:func:`generator`); the whole check runs with the
    global random state saved and restored (:func:`keeps_global_rng`), so calling a checker does not
    change what the rest of a notebook computes;
-2. **the call**: :meth:`Case.call` runs the student's code and turns an exception it raises into a
-   failed case; :meth:`Case.unchanged` makes sure it left its inputs alone. Class checkers first
-   build both modules with the same weights (:func:`paired_modules`);
+2. **the call**: :meth:`Case.call` runs the student's code under two guards (:mod:`.guard`): a time
+   limit (``TIME_LIMIT_S``) and a watch for the library's own implementation of the exercise (the
+   case's ``forbidden``, see :func:`.guard.forbid`); it turns an exception, a time-out or a call into
+   the library into a failed case with a message saying which. :meth:`Case.unchanged` makes sure the
+   code left its inputs alone. Class checkers first build both modules with the same weights
+   (:func:`paired_modules`; a class that subclasses the library's fails before it is built);
 3. **the comparison**: :func:`difference` says in one sentence how an output differs from the
    reference (type, shape, dtype, NaN, or the largest error and where), with the float32
    tolerances ``ATOL`` and ``RTOL``; :func:`first_hint` looks a wrong output up among the outputs
@@ -25,6 +28,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NoReturn
 
@@ -32,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model import set_fast_path
+from .guard import NOTHING, Forbidden, TimeLimitExceeded, time_limit
 
 __all__ = [
     "ATOL",
@@ -48,20 +54,35 @@ __all__ = [
     "paired_modules",
     "keeps_global_rng",
     "generator",
+    "randint",
+    "TIME_LIMIT_S",
+    "CHECKERS",
+    "within_budget",
 ]
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 agreement expected from a correct implementation
+#: Wall-clock seconds one call into a student's code may take before its case fails (the cases are small:
+#: a correct implementation needs milliseconds).
+TIME_LIMIT_S = 30.0
+#: The checkers' own reference code (this package): forbidden to every submission.
+CHECKERS = Forbidden(folders={os.path.dirname(os.path.abspath(__file__)) + os.sep: "titn_edu.checks"})
 
 
 # ------------------------------------------------------------------------ one case, the verdict
 @dataclass(frozen=True)
 class Case:
-    """One case of a check, as its messages name it: ``"<check> check failed on case 2 of 4 (<desc>)"``."""
+    """One case of a check, as its messages name it: ``"<check> check failed on case 2 of 4 (<desc>)"``.
+
+    ``forbidden``: the library's own implementation of the exercise (:func:`.guard.forbid`), which the
+    student's code may not run; ``seconds``: the time limit of one call (default ``TIME_LIMIT_S``).
+    """
 
     check: str
     index: int  # from 0; messages count from 1
     total: int
     desc: str
+    forbidden: Forbidden = NOTHING
+    seconds: float | None = None  # the time limit of one call; None: TIME_LIMIT_S
 
     def fail(self, message: str, hint: str | None = None) -> NoReturn:
         """Raise the ``AssertionError`` a student sees: case, problem, and a hint when there is one."""
@@ -71,13 +92,33 @@ class Case:
         raise AssertionError(text)
 
     def call(self, fn: Callable, *args, hint: str | None = None, **kwargs) -> Any:
-        """``fn(*args, **kwargs)``; an exception raised by the student's code fails this case."""
-        try:
-            return fn(*args, **kwargs)
-        except AssertionError:
-            raise
-        except Exception as err:  # the student's code failed: report it with the case it failed on
-            self.fail(f"your implementation raised {type(err).__name__}: {err}", hint)
+        """``fn(*args, **kwargs)`` under the guards; what went wrong in the student's code fails this case.
+
+        In this order: a call into the library's own implementation, a time-out
+        (``TIME_LIMIT_S``), an exception raised by the student's code (``hint`` is added to its message).
+        """
+        error: BaseException | None = None
+        limit = TIME_LIMIT_S if self.seconds is None else self.seconds
+        start = time.monotonic()
+        with self.forbidden.watching() as seen:
+            try:
+                with time_limit(limit):
+                    result = fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as err:  # noqa: BLE001  (the student's code: anything it raises fails the case)
+                error, result = err, None
+        if seen:
+            more = f" (and {len(seen) - 1} more function(s) of it)" if len(seen) > 1 else ""
+            self.fail(f"your implementation runs {seen[0]}{more}: the library's own version of what this exercise "
+                      "asks you to write.", "write it yourself; the check recognises the library's code however it is "
+                      "reached (called directly, under another name, wrapped, or inherited by subclassing).")
+        if isinstance(error, TimeLimitExceeded) or time.monotonic() - start > limit:
+            self.fail(f"your implementation did not finish within {limit:g} s, its time limit.",
+                      "look for a loop that never ends, or a Python loop over every element of a tensor.")
+        if error is not None:
+            self.fail(f"your implementation raised {type(error).__name__}: {error}", hint)
+        return result
 
     def unchanged(self, inputs: dict[str, Tensor], originals: dict[str, Tensor]) -> None:
         """Fail when the student's code changed one of ``inputs`` (compared with ``originals``) in place."""
@@ -155,18 +196,23 @@ def require_class(check: str, obj: Any, reference: str) -> None:
 
 
 # ------------------------------------------------------------------- class checkers: two modules
-def paired_modules(check: str, student_class: type, reference_module: nn.Module, reference: str,
+def paired_modules(case: Case, student_class: type, reference_module: nn.Module, reference: str,
                    args: tuple, kwargs: dict, gen: torch.Generator) -> tuple[nn.Module, nn.Module]:
     """``(reference, student)``: the library's module with seeded weights and the student's holding a copy.
 
     ``reference_module`` is the library's module built with ``args``/``kwargs``; the student's class is
-    built with the same arguments, must have the same parameter names and shapes, and gets the
-    reference weights with ``load_state_dict(strict=True)``. Both are in ``eval()`` mode, on the
-    reference path.
+    built with the same arguments (under the case's guards), must have the same parameter names and
+    shapes, and gets the reference weights with ``load_state_dict(strict=True)``. Both are in
+    ``eval()`` mode, on the reference path. A class derived from one of the case's forbidden classes
+    fails before it is built.
     """
+    inherited = case.forbidden.subclassed_by(student_class)
+    if inherited:
+        case.fail(f"your class is or derives from {inherited}, the library's own version of what this exercise "
+                  "asks you to write.", "derive from torch.nn.Module and write the computation yourself.")
     ref = _randomise(set_fast_path(reference_module, False), gen)
-    student = _build(check, student_class, reference, args, kwargs)
-    _copy_weights(check, student, ref, reference)
+    student = _build(case, student_class, reference, args, kwargs)
+    _copy_weights(case.check, student, ref, reference)
     set_fast_path(student, False)  # library modules inside the student's class: reference path too
     return ref, student
 
@@ -184,18 +230,13 @@ def _randomise(module: nn.Module, gen: torch.Generator) -> nn.Module:
     return module.eval()
 
 
-def _build(check: str, cls: type, reference: str, args: tuple, kwargs: dict) -> nn.Module:
-    """``cls(*args, **kwargs)``; a constructor that fails or returns no module fails the check."""
-    call = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
-    try:
-        module = cls(*args, **kwargs)
-    except Exception as err:
-        raise AssertionError(
-            f"{check} check could not build your class with {cls.__name__}({call}): {type(err).__name__}: {err}\n"
-            f"Hint: its constructor must accept the same arguments as {reference}."
-        ) from err
+def _build(case: Case, cls: type, reference: str, args: tuple, kwargs: dict) -> nn.Module:
+    """``cls(*args, **kwargs)`` under the case's guards; a constructor that fails or returns no module fails."""
+    call = f"{cls.__name__}(" + ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]) + ")"
+    module = case.call(cls, *args, **kwargs, hint=f"the check could not build your class as {call}: its constructor "
+                                                  f"must accept the same arguments as {reference}.")
     if not isinstance(module, nn.Module):
-        raise AssertionError(f"{check} check: {cls.__name__}({call}) did not return a torch.nn.Module.")
+        case.fail(f"{call} did not return a torch.nn.Module.")
     return module
 
 
@@ -238,3 +279,23 @@ def keeps_global_rng(checker: Callable) -> Callable:
 def generator(seed: int) -> torch.Generator:
     """A private CPU generator: a case's inputs and weights depend on its seed only."""
     return torch.Generator().manual_seed(seed)
+
+
+def randint(g: torch.Generator, low: int, high: int) -> int:
+    """An integer drawn from ``low`` to ``high`` (both included) with ``g``: the sizes of a hidden test's cases."""
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
+# ------------------------------------------------------------- a question graded on an outcome
+def within_budget(fn: Callable, *args: Any, seconds: float, what: str = "training",
+                  forbidden: Forbidden = NOTHING, **kwargs: Any) -> tuple[Any, float]:
+    """``(fn(*args, **kwargs), seconds it took)``, for a question graded on a measured outcome.
+
+    For instance a hidden test that runs the student's training function on a CPU budget and then
+    measures the accuracy of what it returns. Running past ``seconds`` (wall clock), raising, or
+    running ``forbidden`` code fails with an ``AssertionError`` that says which (named ``what``).
+    """
+    case = Case(what, 0, 1, f"a budget of {seconds:g} s", forbidden, seconds)
+    start = time.monotonic()
+    result = case.call(fn, *args, **kwargs)
+    return result, time.monotonic() - start

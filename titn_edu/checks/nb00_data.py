@@ -10,25 +10,32 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms
 from torch import Tensor
 
+from .. import data, device_data
 from ..data import DATASETS, MEAN, STD, get_transforms
-from .harness import Case, difference, first_hint, generator, keeps_global_rng, passed, require_callable
+from .guard import forbid
+from .harness import CHECKERS, Case, difference, first_hint, generator, keeps_global_rng, passed, require_callable
 
 __all__ = ["preprocess"]
+
+#: The library's preprocessing (and torchvision's transforms, which it is made of).
+_FORBIDDEN = CHECKERS | forbid(data, device_data, torchvision.transforms)
 
 #: The stored images, before any transform: uint8 ``(C, H, W)``.
 _RAW_SHAPE = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 
 
 @keeps_global_rng
-def preprocess(student_fn: Callable, dataset: str) -> None:
+def preprocess(student_fn: Callable, dataset: str, *, seed: int | None = None) -> None:
     """Check a test-time preprocessing against ``titn_edu.get_transforms(dataset, train=False)``.
 
     ``student_fn(image)`` takes one stored image, a ``uint8`` tensor ``(C, H, W)`` with values
     0…255 (MNIST ``(1, 28, 28)``, CIFAR ``(3, 32, 32)``), and returns what the model sees: a float
     tensor ``(C, 32, 32)`` scaled to [0, 1] and normalised per channel with ``titn_edu.data.MEAN`` /
-    ``STD`` of the dataset (MNIST is first padded by 2 black pixels on every side).
+    ``STD`` of the dataset (MNIST is first padded by 2 black pixels on every side). It may not use
+    the library's transforms or torchvision's. ``seed``: other images (a hidden test).
     """
     require_callable("preprocess", student_fn, "a function (uint8 image (C, H, W)) -> float image (C, 32, 32)")
     if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
@@ -36,11 +43,11 @@ def preprocess(student_fn: Callable, dataset: str) -> None:
     name = dataset.lower()
     check, reference = f"preprocess[{name}]", f"titn_edu.get_transforms({name!r}, train=False)"
     shape = _RAW_SHAPE[name]
-    images, descs = _test_images(shape)
+    images, descs = _test_images(shape, seed)
     transform = get_transforms(name, train=False)
     total = len(images)
     for i, (image, what) in enumerate(zip(images, descs)):
-        case = Case(check, i, total, f"{what}, uint8 {tuple(shape)}")
+        case = Case(check, i, total, f"{what}, uint8 {tuple(shape)}", _FORBIDDEN)
         want = transform(image.clone())
         inputs = dict(image=image.clone())
         got = case.call(student_fn, inputs["image"])
@@ -51,12 +58,18 @@ def preprocess(student_fn: Callable, dataset: str) -> None:
     passed(check, total, reference)
 
 
-def _test_images(shape: tuple[int, int, int]) -> tuple[list[Tensor], list[str]]:
-    """Three random images, an all-black and an all-white one."""
-    g = generator(90)
+def _test_images(shape: tuple[int, int, int], seed: int | None) -> tuple[list[Tensor], list[str]]:
+    """Three random images, an all-black and an all-white one; with a seed, other random images, one
+    white dot on black and one image of a single grey level."""
+    g = generator(90 if seed is None else seed)
     images = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=g) for _ in range(3)]
-    images += [torch.zeros(shape, dtype=torch.uint8), torch.full(shape, 255, dtype=torch.uint8)]
-    return images, ["random image 1", "random image 2", "random image 3", "black image", "white image"]
+    if seed is None:
+        images += [torch.zeros(shape, dtype=torch.uint8), torch.full(shape, 255, dtype=torch.uint8)]
+        return images, ["random image 1", "random image 2", "random image 3", "black image", "white image"]
+    dot = torch.zeros(shape, dtype=torch.uint8)
+    dot[:, int(torch.randint(shape[1], (1,), generator=g)), int(torch.randint(shape[2], (1,), generator=g))] = 255
+    grey = torch.full(shape, int(torch.randint(256, (1,), generator=g)), dtype=torch.uint8)
+    return images + [dot, grey], ["random image 1", "random image 2", "random image 3", "a white dot", "one grey level"]
 
 
 def _preprocess_hint(got: object, image: Tensor, name: str) -> str | None:

@@ -5,6 +5,9 @@ r"""Part II, notebook 06 (the loss): CutMix (paper §3.5.2) and the hybrid loss,
 * :func:`titn_loss` checks a student's eq. 10 with hard distillation,
   :math:`\alpha\,\mathrm{CE}(t_c, y) + (1-\alpha)\,\mathrm{CE}(t_d, \arg\max T)`, against
   :class:`titn_edu.losses.TITNLoss`.
+
+Neither accepts the library's own code inside the student's: :mod:`titn_edu.losses` for the loss;
+the library's and torchvision's CutMix (:mod:`titn_edu.data`, ``torchvision.transforms``) for the box.
 """
 
 from __future__ import annotations
@@ -14,30 +17,41 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms
 from torch import Tensor
 
+from .. import data, device_data, losses
 from ..losses import TITNLoss
-from .harness import Case, first_hint, generator, keeps_global_rng, passed, require_callable, scalar_difference
+from .guard import forbid
+from .harness import CHECKERS, Case, first_hint, generator, keeps_global_rng, passed, randint, require_callable, scalar_difference
 
 __all__ = ["titn_loss", "cutmix_box"]
+
+_NO_LOSSES = CHECKERS | forbid(losses)
+_NO_CUTMIX = CHECKERS | forbid(data, device_data, torchvision.transforms)
 
 
 # -------------------------------------------------------------------------------- eq. 10
 @keeps_global_rng
-def titn_loss(student_fn: Callable) -> None:
+def titn_loss(student_fn: Callable, *, seed: int | None = None) -> None:
     r"""Check eq. 10 against :class:`titn_edu.losses.TITNLoss` (hard distillation).
 
     ``student_fn(class_logits, distill_logits, targets, teacher_logits, alpha)`` with logits ``(B, C)``,
     ``targets`` the CutMix soft labels ``(B, C)`` (rows sum to 1) and ``alpha`` a float returns the scalar
     :math:`\alpha\,\mathrm{CE}(t_c, y) + (1-\alpha)\,\mathrm{CE}(t_d, \arg\max T)` (batch means).
+    ``seed``: other sizes, a batch of one, alpha = 1 (a hidden test).
     """
     require_callable("titn_loss", student_fn, "a function (class_logits, distill_logits, targets, teacher_logits, alpha) -> scalar")
     check, reference = "titn_loss", "titn_edu.losses.TITNLoss(alpha=alpha) (eq. 10, hard distillation)"
     configs = [(4, 10, 0.5), (8, 5, 0.3), (3, 100, 0.9), (6, 10, 0.0)]
+    if seed is not None:
+        g = generator(seed)
+        configs = [(randint(g, 2, 16), randint(g, 2, 60), round(randint(g, 1, 9) / 10, 1)), (1, randint(g, 2, 20), 0.5),
+                   (randint(g, 2, 16), randint(g, 2, 60), 1.0)]
     total = len(configs)
     for i, (batch, classes, alpha) in enumerate(configs):
-        case = Case(check, i, total, f"batch {batch}, {classes} classes, alpha={alpha}")
-        inputs = _loss_inputs(generator(200 + i), batch, classes)
+        case = Case(check, i, total, f"batch {batch}, {classes} classes, alpha={alpha}", _NO_LOSSES)
+        inputs = _loss_inputs(generator((200 if seed is None else seed) + i), batch, classes)
         cls, dist, targets, teacher = inputs.values()
         want = TITNLoss(alpha=alpha)(cls, dist, targets, teacher)
         copies = {name: t.clone() for name, t in inputs.items()}
@@ -85,21 +99,28 @@ def _loss_hint(got: Any, cls: Tensor, dist: Tensor, targets: Tensor, teacher: Te
 
 
 # -------------------------------------------------------------------------------- CutMix
-def cutmix_box(student_fn: Callable) -> None:
+def cutmix_box(student_fn: Callable, *, seed: int | None = None) -> None:
     r"""Check a CutMix box against ``torchvision.transforms.v2.CutMix``'s rule (paper §3.5.2).
 
     ``student_fn(lam, height, width, cx, cy)`` returns ``((x1, y1, x2, y2), lam_adjusted)``: a box of
     half-sides ``int(½·√(1-λ)·W)`` and ``int(½·√(1-λ)·H)`` around the centre ``(cx, cy)``, clipped to the
     image (``x2``, ``y2`` exclusive), and the fraction of the image *not* covered by it,
     :math:`1 - \frac{(x_2-x_1)(y_2-y_1)}{HW}`, which is the label weight of the first image.
+    ``seed``: other λ, image sizes and centres, corners included (a hidden test).
     """
     require_callable("cutmix_box", student_fn, "a function (lam, height, width, cx, cy) -> ((x1, y1, x2, y2), lam)")
     check, reference = "cutmix_box", "torchvision.transforms.v2.CutMix's box rule"
     cases = [(0.5, 32, 32, 16, 16), (0.9, 32, 32, 10, 20), (0.2, 32, 32, 2, 30), (0.0, 28, 28, 14, 14),
              (1.0, 32, 32, 5, 5), (0.7, 24, 40, 39, 0)]
+    if seed is not None:
+        g = generator(seed)
+        sizes = [(randint(g, 8, 64), randint(g, 8, 64)) for _ in range(4)]
+        cases = [(randint(g, 0, 100) / 100, h, w, randint(g, 0, w - 1), randint(g, 0, h - 1)) for h, w in sizes[:3]]
+        h, w = sizes[3]
+        cases.append((randint(g, 0, 30) / 100, h, w, w - 1, h - 1))   # a large box at the far corner
     total = len(cases)
     for i, (lam, h, w, cx, cy) in enumerate(cases):
-        case = Case(check, i, total, f"lam={lam}, image {h}×{w}, centre ({cx}, {cy})")
+        case = Case(check, i, total, f"lam={lam}, image {h}×{w}, centre ({cx}, {cy})", _NO_CUTMIX)
         (want_box, want_lam) = _reference_cutmix_box(lam, h, w, cx, cy)
         got = case.call(student_fn, lam, h, w, cx, cy)
         if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[0], (tuple, list)) or len(got[0]) != 4:

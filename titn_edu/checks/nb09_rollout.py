@@ -14,28 +14,35 @@ import torch
 from torch import Tensor
 
 from ..viz import attention_rollout as reference_rollout
-from .harness import Case, difference, first_hint, generator, keeps_global_rng, passed, require_callable
+from .guard import forbid
+from .harness import CHECKERS, Case, difference, first_hint, generator, keeps_global_rng, passed, randint, require_callable
 
 __all__ = ["attention_rollout"]
 
+_NO_ROLLOUT = CHECKERS | forbid((reference_rollout, "titn_edu.viz.attention_rollout"))
+
 
 @keeps_global_rng
-def attention_rollout(student_fn: Callable) -> None:
+def attention_rollout(student_fn: Callable, *, seed: int | None = None) -> None:
     r"""Check attention rollout against :func:`titn_edu.viz.attention_rollout`.
 
     ``student_fn(maps, token)`` takes the outer maps of one forward pass, a list of ``(B, heads, T, T)``
     tensors (first layer first), and a token index (``0`` class, ``-1`` distillation) and returns
     ``(B, N)``: row ``token`` of :math:`\hat A_L \cdots \hat A_1`, with
     :math:`\hat A_l = \mathrm{rownorm}(\mathrm{mean}_{heads} A_l + I)`, without the class (first) and
-    distillation (last) tokens.
+    distillation (last) tokens. It may not call :func:`titn_edu.viz.attention_rollout`. ``seed``: other
+    sizes and depths (a hidden test).
     """
     require_callable("attention_rollout", student_fn, "a function (maps, token) -> (B, N)")
     check, reference = "attention_rollout", "titn_edu.viz.attention_rollout"
     configs = [(2, 3, 18, 4, 0), (1, 2, 6, 3, -1), (3, 4, 11, 1, 0), (2, 2, 18, 12, -1)]
+    if seed is not None:
+        g = generator(seed)
+        configs = [(randint(g, 1, 3), randint(g, 1, 4), randint(g, 3, 20), randint(g, 1, 6), token) for token in (0, -1, 0)]
     total = len(configs)
     for i, (batch, heads, t, layers, token) in enumerate(configs):
-        case = Case(check, i, total, f"{layers} layer(s) of ({batch}, {heads}, {t}, {t}), token {token}")
-        g = generator(300 + i)
+        case = Case(check, i, total, f"{layers} layer(s) of ({batch}, {heads}, {t}, {t}), token {token}", _NO_ROLLOUT)
+        g = generator((300 if seed is None else seed) + i)
         maps = [(2 * torch.randn(batch, heads, t, t, generator=g)).softmax(-1) for _ in range(layers)]
         want = reference_rollout(maps, token=token)
         copies = [m.clone() for m in maps]
