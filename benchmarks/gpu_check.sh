@@ -24,7 +24,8 @@
 # (timm imports without its optional hub packages.) Step 3 needs CIFAR-10's training split under
 # TITN_EDU_DATA. Without it, any  .parts/cifar10_train.part*.npz  file (an npz holding `images`,
 # `labels` and `classes` for part of the split) is used as the split: enough images for a timed
-# pass. Otherwise step 3 is skipped, and says so.
+# pass. Otherwise step 3 is skipped, and says so. (scripts/gpu_run.sh's parts are another format: after its
+# data step, TITN_EDU_DATA=runs/gpu/data holds the whole split.)
 #
 # GPU_CHECK_WHEELS and GPU_CHECK_PARTS name other folders than .whl/ and .parts/.
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 runs every step on the CPU with tiny sizes: a check that

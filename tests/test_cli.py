@@ -54,13 +54,15 @@ def test_train_with_data_on_the_device_and_a_bf16_teacher(tiny_run, tmp_path, mo
 
     def spy(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
-        made.append((len(self.images), self.batch_size))
+        made.append((len(self.images), self.batch_size, self.train))
 
     monkeypatch.setattr(device_data.DeviceLoader, "__init__", spy)
     assert main(["train", *TINY, "--device-data", "--teacher-bf16", "--output", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["config"]["device_data"] is True
-    assert made == [(60, 20), (60, 20)]  # teacher and student each fed by a DeviceLoader (--limit 60)
+    # the validation (20) and test (30) images scored on the device in their order, then the teacher and the
+    # student each fed by a DeviceLoader (--limit 60)
+    assert made == [(20, 256, False), (30, 256, False), (60, 20, True), (60, 20, True)]
     student = json.loads((tmp_path / "student" / "history.json").read_text())
     assert len(student["epochs"]) == 1
     plain = json.loads((tiny_run / "metrics.json").read_text())
@@ -177,6 +179,16 @@ def test_time_limit_stops_in_slices_and_resume_finishes(tmp_path, capsys):
     assert metrics["timeline"][-1]["train_minutes"] > metrics["timeline"][0]["train_minutes"]
 
 
+def test_time_limit_stops_when_another_epoch_as_long_would_pass_it():
+    import time
+
+    from titn_edu.cli import _time_limit
+
+    [over] = _time_limit(1.0, time.perf_counter() - 50.0)  # a one-minute slice, 50 s in
+    assert not over({"seconds": 5.0}) and over({"seconds": 15.0})
+    assert _time_limit(None, 0.0) == []
+
+
 def test_cifar10_quick_runs_at_a_tiny_budget(tmp_path, monkeypatch):
     """The preset's whole path (ResNet-9 teacher, TITN student, batches augmented on the CPU, the
     test set tracked every epoch) at a few seconds' budget; its real figures are a recorded run."""
@@ -201,6 +213,40 @@ def test_cifar10_quick_runs_at_a_tiny_budget(tmp_path, monkeypatch):
     assert [(r["stage"], r["epoch"]) for r in metrics["timeline"]] == [("teacher", 1), ("student", 1)]
     assert all(0 <= r["test_top1"] <= 100 and r["minutes"] >= 0 for r in metrics["timeline"])
     assert metrics["timeline"][-1]["test_top1"] == metrics["history"]["epochs"][-1]["test_top1"]
+
+
+def test_gpu_preset_reaches_fit_and_the_data_on_the_device(tmp_path, monkeypatch):
+    """gpu-cifar10's settings of its own (teacher warm-up and augmentation, AutoAugment group, gradient
+    clipping, checkpoint cadence) reach fit and the DeviceLoaders; its real figures come from a GPU."""
+    import titn_edu.device_data as device_data
+    import titn_edu.train as train
+
+    loaders, fits = [], []
+    real_init, real_fit = device_data.DeviceLoader.__init__, train.fit
+
+    def spy_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        loaders.append((len(self.images), self.train, self.transform.level, self.transform.policy_group))
+
+    def spy_fit(*args, **kwargs):
+        fits.append({k: kwargs.get(k) for k in ("warmup_epochs", "grad_clip", "save_every", "batch_size", "lr")})
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(device_data.DeviceLoader, "__init__", spy_init)
+    monkeypatch.setattr(train, "fit", spy_fit)
+    code = main(["train", "--preset", "gpu-cifar10", "--limit", "64", "--test-limit", "20", "--epochs", "3",
+                 "--teacher-epochs", "1", "--model-arg", "depth=1", "--teacher-arg", "width=4", "--batch-size", "16",
+                 "--policy-group", "4", "--save-every", "2", "--threads", "1", "--no-progress", "--no-accelerate",
+                 "--output", str(tmp_path)])
+    if code == 1 and not (tmp_path / "teacher").exists():
+        pytest.skip("CIFAR-10 is not available offline (set TITN_EDU_DATA)")
+    assert code == 0
+    assert loaders == [(20, False, "none", 8), (64, True, "crop-flip", 4), (64, True, "paper", 4)]
+    assert fits == [dict(warmup_epochs=2.0, grad_clip=None, save_every=2, batch_size=512, lr=0.4),
+                    dict(warmup_epochs=10.0, grad_clip=1.0, save_every=2, batch_size=16, lr=2e-3)]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["model_args"] == {"drop_path": 0.1, "depth": 1} and metrics["teacher"]["name"] == "resnet9"
+    assert [r["test_top1"] is not None for r in metrics["timeline"]] == [True] * 4  # the test set every epoch
 
 
 def test_a_shipped_teacher_can_teach(tmp_path):

@@ -61,7 +61,7 @@ def same_weights(a, b):
 
 
 def records(history):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in history]  # clock readings differ
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "finished_at")} for r in history]  # clock readings differ
 
 
 def temp_files(folder: Path):

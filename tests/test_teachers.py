@@ -225,3 +225,20 @@ def test_resnet9_is_a_residual_cnn_that_learns():
         build_teacher("resnet9", num_classes=10, width=0)
     with pytest.raises(TypeError, match="resnet9"):
         build_teacher("resnet9", num_classes=10, dropout=0.1)
+
+
+def test_resnet9_logit_scale_multiplies_the_logits_and_is_rebuilt_from_checkpoints(tmp_path):
+    from titn_edu import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    plain = build_teacher("resnet9", num_classes=10, width=4).eval()
+    scaled = build_teacher("resnet9", num_classes=10, width=4, logit_scale=0.125).eval()
+    scaled.load_state_dict(plain.state_dict())  # no new parameter: the same weights fit both
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(scaled(x), 0.125 * plain(x)) and scaled.config["logit_scale"] == 0.125
+    assert "logit_scale" not in plain.config  # the shipped teachers' configs are unchanged
+    save_checkpoint(tmp_path / "t.pt", scaled)
+    assert torch.allclose(load_model(tmp_path / "t.pt").eval()(x), scaled(x))
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="logit_scale"):
+            build_teacher("resnet9", num_classes=10, width=4, logit_scale=bad)

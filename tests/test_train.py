@@ -30,8 +30,8 @@ def toy_data(n=16, num_classes=4, seed=0):
 
 
 def without_seconds(history):
-    """The records without their clock readings (``seconds``, ``finished_at``)."""
-    return [{k: v for k, v in r.items() if k not in ("seconds", "finished_at")} for r in history]
+    """The records without their clock readings (``seconds``, ``train_seconds``, ``finished_at``)."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "finished_at")} for r in history]
 
 
 FAST = dict(batch_size=4, progress=False, device="cpu", optimizer="adamw", lr=1e-3)
@@ -136,6 +136,26 @@ def test_seeded_runs_are_identical(tmp_path):
     b, history_b = _run(tmp_path / "b")
     assert without_seconds(history_a) == without_seconds(history_b)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_save_every_writes_checkpoints_at_its_cadence_and_when_a_run_stops(tmp_path):
+    """save_every=2: last.pt after epochs 2, 4 and the last (5); a callback stopping after epoch 3 saves it first."""
+    def last_epoch(folder):
+        path = folder / "last.pt"
+        return load_checkpoint(path)["epoch"] if path.is_file() else None
+
+    seen = []  # what last.pt holds when each epoch's callbacks run (after its files are written)
+    history = fit(tiny_student(), toy_data(), epochs=5, save_every=2, output_dir=tmp_path / "a", mixing=None,
+                  callbacks=[lambda record: seen.append(last_epoch(tmp_path / "a"))], **FAST)
+    assert history.status == "completed" and seen == [None, 2, 2, 4, 5]
+    assert [r["epoch"] for r in json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]] == [1, 2, 3, 4, 5]
+    assert {"train_seconds", "train_images"} <= set(history[0]) and history[0]["train_images"] == 16
+    assert 0 < history[0]["train_seconds"] <= history[0]["seconds"]
+    stopped = fit(tiny_student(), toy_data(), epochs=5, save_every=2, output_dir=tmp_path / "b", mixing=None,
+                  callbacks=[lambda record: record["epoch"] == 3], **FAST)
+    assert stopped.status == "stopped" and last_epoch(tmp_path / "b") == 3
+    with pytest.raises(ValueError, match="save_every must be an integer >= 1"):
+        fit(tiny_student(), toy_data(), epochs=1, save_every=0, **FAST)
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(tmp_path):

@@ -189,6 +189,9 @@ def _add_recipe_flags(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--label-smoothing", type=_smoothing, help="label smoothing of the label term (0 = the paper's loss)")
     tr.add_argument("--weight-decay", type=_non_negative_float("--weight-decay"),
                     help="student weight decay (default: the optimizer preset's)")
+    tr.add_argument("--policy-group", type=_int_at_least(1, "--policy-group"),
+                    help="with --device-data and the paper's augmentation: AutoAugment draws one sub-policy per "
+                         "this many images (default 8; larger: fewer, bigger calls on a GPU)")
     tr.add_argument("--track-test", action=argparse.BooleanOptionalAction, default=None,
                     help="evaluate the test set after every epoch, for the accuracy-versus-time curve only "
                          "(never used to pick a checkpoint)")
@@ -197,8 +200,11 @@ def _add_recipe_flags(tr: argparse.ArgumentParser) -> None:
 def _add_run_flags(tr: argparse.ArgumentParser) -> None:
     """``train``: where and how long to run, where the data and the results go."""
     tr.add_argument("--time-limit", type=_positive_float("--time-limit"), metavar="MINUTES",
-                    help="stop after the epoch that passes this many minutes, keeping last.pt; continue "
-                         "later with --resume (training in slices; exit code 75)")
+                    help="stop after the epoch when another as long would end past this many minutes, "
+                         "keeping last.pt; continue later with --resume (training in slices; exit code 75)")
+    tr.add_argument("--save-every", type=_int_at_least(1, "--save-every"), metavar="EPOCHS",
+                    help="write last.pt and best.pt every this many epochs, after the last one and when the run "
+                         "stops (default: the preset's, else 1)")
     tr.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     tr.add_argument("--threads", type=_threads, default="auto",
                     help="CPU threads for PyTorch; auto = the cores not already busy (default)")
@@ -336,6 +342,7 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
         warmup_epochs=args.warmup_epochs, mixing=args.mixing, distillation=args.distillation, alpha=args.alpha,
         tau=args.tau, limit=args.limit, test_limit=args.test_limit, val_size=args.val_size, augment=args.augment,
         label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, track_test=args.track_test,
+        policy_group=args.policy_group, save_every=args.save_every,
     )
     settings = dict(base)
     settings.setdefault("limit", None)
@@ -504,6 +511,10 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any
     _say(f"{s['dataset']}: {len(train)} training, {len(val) if val is not None else 0} validation, {len(test)} test "
          f"images; device {device}, {threads} thread(s)")
     device_data = _use_device_data(args.device_data, s.get("device_data"), device, train)
+    if device_data:  # the validation and test images on the device too: scored without a per-image transform
+        val, test = (_scored_on_device(x, s, device) for x in (val, test))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: cuDNN picks its fastest convolutions once
     record["config"]["device_data"] = device_data
     record["config"]["accelerate"] = device.type == "cpu" if args.accelerate is None else args.accelerate
     stage = _Stages(args, s, out, device, record, train, val, test, start, device_data)
@@ -600,10 +611,12 @@ class _Stages:
         """``fit``'s arguments common to both stages."""
         return dict(device=self.device, progress=self.args.progress, num_workers=self.args.num_workers,
                     test_data=self.test if self.s.get("track_test") else None,
-                    callbacks=_time_limit(self.args.time_limit, self.start))
+                    callbacks=_time_limit(self.args.time_limit, self.start), save_every=self.s.get("save_every") or 1)
 
-    def feed(self, batch_size: int, limit: int | None = None) -> Any:
-        """The training data as fit gets it: a DeviceLoader (--device-data) or the dataset itself."""
+    def feed(self, batch_size: int, limit: int | None = None, augment: Any = None) -> Any:
+        """The training data as fit gets it: a DeviceLoader (--device-data) or the dataset itself.
+
+        ``augment``: the DeviceLoader's augmentation (default: the run's ``augment``)."""
         from .data import ImageArrayDataset
         from .device_data import DeviceLoader
 
@@ -611,8 +624,9 @@ class _Stages:
         if limit is not None and limit < len(data):
             data = data.subset(range(limit)) if isinstance(data, ImageArrayDataset) else torch.utils.data.Subset(data, range(limit))
         if self.device_data and isinstance(data, ImageArrayDataset):
-            return DeviceLoader(data, self.s["dataset"], batch_size=batch_size, train=True, augment=self.s["augment"],
-                                device=self.device)
+            return DeviceLoader(data, self.s["dataset"], batch_size=batch_size, train=True,
+                                augment=_first(augment, self.s["augment"]), device=self.device,
+                                policy_group=self.s.get("policy_group") or 8)
         return data
 
 
@@ -627,6 +641,17 @@ def _use_device_data(flag: bool | None, preset: bool | None, device: torch.devic
             _say("--device-data: the training images are preloaded as floats (no augmentation); using them as they are")
         device_data = False
     return device_data
+
+
+def _scored_on_device(data: Any, s: dict[str, Any], device: torch.device) -> Any:
+    """A split to score (validation, test) as a DeviceLoader in its order, unaugmented; a preloaded one as it is."""
+    from .data import ImageArrayDataset
+    from .device_data import DeviceLoader
+
+    if not isinstance(data, ImageArrayDataset):
+        return data
+    return DeviceLoader(data, s["dataset"], batch_size=max(s["batch_size"] or 256, 256), train=False,
+                        device=device)
 
 
 def _teacher_stage(stage: _Stages, kind: str, ref: Any, teacher: torch.nn.Module | None) -> tuple[Any, Any]:
@@ -651,7 +676,7 @@ def _teacher_stage(stage: _Stages, kind: str, ref: Any, teacher: torch.nn.Module
         return None, None
     s, out, t_start = stage.s, stage.out / "teacher", time.perf_counter()
     t_batch = s.get("teacher_batch_size") or s["batch_size"]
-    t_train = stage.feed(t_batch, s.get("teacher_limit"))
+    t_train = stage.feed(t_batch, s.get("teacher_limit"), s.get("teacher_augment"))
     _say(f"teacher: training {ref} for {s['teacher_epochs'] or s['epochs']} epoch(s)")
     history = _train_stage(
         teacher, t_train, stage.val, out=out, resume=bool(stage.args.resume),
@@ -660,7 +685,8 @@ def _teacher_stage(stage: _Stages, kind: str, ref: Any, teacher: torch.nn.Module
         weight_decay=_first(s.get("teacher_weight_decay"), s.get("weight_decay")),
         loss=TITNLoss(label_smoothing=_first(s.get("teacher_label_smoothing"), s.get("label_smoothing"), 0.0)),
         mixing=s.get("teacher_mixing") or s["mixing"], mix_alpha=s["mix_alpha"],
-        warmup_epochs=s["warmup_epochs"], run_info={"dataset": s["dataset"], "role": "teacher"}, **stage.fit_options(),
+        warmup_epochs=_first(s.get("teacher_warmup_epochs"), s["warmup_epochs"]),
+        run_info={"dataset": s["dataset"], "role": "teacher"}, **stage.fit_options(),
     )
     stage.record["teacher_history"] = history.to_dict()
     if history.status != "completed":
@@ -710,7 +736,7 @@ def _student_stage(stage: _Stages, student: torch.nn.Module, teacher: torch.nn.M
         teacher=teacher, teacher_bf16=stage.args.teacher_bf16, weight_decay=s.get("weight_decay"),
         loss=loss, optimizer=s["optimizer"], lr=s["lr"], batch_size=s["batch_size"], mixing=s["mixing"],
         mix_alpha=s["mix_alpha"], warmup_epochs=s["warmup_epochs"], compile=stage.args.compile,
-        run_info={"dataset": s["dataset"], "role": "student"}, **stage.fit_options(),
+        grad_clip=s.get("grad_clip"), run_info={"dataset": s["dataset"], "role": "student"}, **stage.fit_options(),
     )
     stage.record["history"] = history.to_dict()
     if history.status != "completed":
@@ -756,12 +782,13 @@ def _first(*values: Any) -> Any:
 
 
 def _time_limit(minutes: float | None, start: float) -> list:
-    """``fit`` callbacks that stop training after the epoch that passes ``minutes`` since ``start``."""
+    """``fit`` callbacks that stop training after an epoch when another one as long would end ``minutes``
+    after ``start`` or later: a slice ends within its limit whenever its epochs take about the same time."""
     if minutes is None:
         return []
 
     def over_time(record: dict[str, Any]) -> bool:
-        return time.perf_counter() - start >= 60.0 * minutes
+        return time.perf_counter() - start + float(record.get("seconds") or 0.0) >= 60.0 * minutes
 
     return [over_time]
 

@@ -87,8 +87,9 @@ class History(list):
     ``"stopped"`` (a callback asked to stop) or ``"running"``; ``message`` explains it.
     A ``History`` is a ``list``, so ``json.dumps(history)`` and ``pandas.DataFrame(history)`` work.
 
-    A record of :func:`fit` holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds``,
-    ``finished_at`` (Unix time at the end of the epoch, after its evaluations), ``train_loss``,
+    A record of :func:`fit` holds ``epoch``, ``lr`` (of the epoch's last step), ``seconds`` (the whole
+    epoch), ``train_seconds`` (its training steps alone, without the evaluations), ``train_images``
+    (images trained on), ``finished_at`` (Unix time at the end of the epoch, after its evaluations), ``train_loss``,
     ``train_class_loss``, ``train_distill_loss``, ``train_top1``/``train_top5`` (class head against the
     dominant label of each mixed target), ``teacher_agreement`` (% of training images where the
     distillation head picks the teacher's class), with ``val_data`` ``val_loss``, ``val_top1``,
@@ -466,6 +467,7 @@ class _EpochTotals:
         top1, top5, agree, compared = self.hits.tolist()
         return {
             "lr": self.lr,
+            "train_images": n,
             "train_loss": self.loss / n,
             "train_class_loss": self.class_loss / n if self.has_class_loss else None,
             "train_distill_loss": self.distill_loss / n if self.has_distill_loss else None,
@@ -725,6 +727,11 @@ class FitConfig:
             simply ``"completed"``). All of them are called every epoch.
         num_workers, eval_batch_size: DataLoader workers; batch size of the validation pass
             (default: the larger of ``batch_size`` and 256).
+        save_every: write ``last.pt`` and ``best.pt`` every this many epochs (and after the last
+            epoch, and when a callback or Ctrl-C stops the run between epochs); ``history.json`` is
+            written every epoch. 1 (default): every epoch. Larger values save time when epochs take
+            seconds and a checkpoint tens of megabytes (a GPU run); a crash then loses at most
+            ``save_every - 1`` epochs.
         run_info: plain values stored in every checkpoint (e.g. ``{"dataset": "mnist"}``).
     """
 
@@ -753,6 +760,7 @@ class FitConfig:
     num_workers: int
     eval_batch_size: int | None
     run_info: dict[str, Any] | None
+    save_every: int
     preset: dict[str, Any] = field(init=False, repr=False)  # the optimiser preset's defaults
 
     def __post_init__(self) -> None:
@@ -783,6 +791,7 @@ class FitConfig:
         if not 0.0 <= float(self.min_lr_ratio) <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}.")
         _check_positive_int("num_workers", self.num_workers, minimum=0)
+        _check_positive_int("save_every", self.save_every)
         self.callbacks = list(self.callbacks)
         if not all(callable(c) for c in self.callbacks):
             raise TypeError("callbacks must be callables taking an epoch record.")
@@ -942,11 +951,13 @@ def _optimizer_and_schedule(model: nn.Module, config: FitConfig, steps_per_epoch
 class RunFolder:
     """Where a run keeps its progress (``path=None``: nothing is written; the best value is still tracked).
 
-    After every epoch :meth:`save` writes ``last.pt`` (model, optimizer, scheduler, RNG states, the
-    history so far: everything ``resume`` needs), ``best.pt`` too when ``monitor`` improved, and
-    ``history.json``, each atomically (:func:`titn_edu.save_checkpoint`): a crash never leaves a
-    half-written file, and a run that diverges never touches ``best.pt``. In a job of several
-    processes only rank 0 writes (``writer``), and :meth:`save` returns on every process once it has.
+    After every epoch :meth:`save` writes ``history.json`` and, at a checkpoint (every epoch unless
+    ``fit(save_every=N)``), ``last.pt`` (model, optimizer, scheduler, RNG states, the history so far:
+    everything ``resume`` needs) and ``best.pt`` too when ``monitor`` improved on the best saved value,
+    each atomically (:func:`titn_edu.save_checkpoint`): a crash never leaves a half-written file, and a
+    run that diverges never touches ``best.pt``. ``saved_epoch`` is the epoch ``last.pt`` holds. In a
+    job of several processes only rank 0 writes (``writer``), and :meth:`save` returns on every process
+    once it has.
     """
 
     path: Path | None
@@ -956,22 +967,33 @@ class RunFolder:
     fit_config: dict[str, Any] = field(default_factory=dict)  # stored in every checkpoint, as run_info
     run_info: dict[str, Any] = field(default_factory=dict)
     writer: bool = True  # False: another process (rank 0 of a job, titn_edu.distributed) writes the files
+    saved_epoch: int = 0  # the epoch of the last checkpoint (0: none yet)
 
     def improves(self, value: Any) -> bool:
         return isinstance(value, float) and math.isfinite(value) and (
             self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         )
 
-    def save(self, record: dict[str, Any], history: History, run: _Run) -> None:
-        """Save the epoch of ``record`` (already the last of ``history``)."""
-        improved = self.improves(record.get(self.monitor))
+    def save(self, record: dict[str, Any], history: History, run: _Run, *, checkpoint: bool = True) -> None:
+        """Save the epoch of ``record`` (already the last of ``history``); ``checkpoint=False``: ``history.json`` only."""
+        improved = checkpoint and self.improves(record.get(self.monitor))
         if improved:
             self.best = record[self.monitor]
+        if checkpoint:
+            self.saved_epoch = record["epoch"]
         if self.path is None:
             return
         if self.writer:
-            self._write(record, history, run, improved)
+            if checkpoint:
+                self._write(record, history, run, improved)
+            else:
+                history.save(self.path / "history.json")
         distributed.barrier()  # several processes: the files are on disk before any of them goes on
+
+    def catch_up(self, record: dict[str, Any], history: History, run: _Run) -> None:
+        """Write the checkpoint of ``record``'s epoch if the last one is older (a run stopping between epochs)."""
+        if self.saved_epoch != record["epoch"]:
+            self.save(record, history, run, checkpoint=True)
 
     def _write(self, record: dict[str, Any], history: History, run: _Run, improved: bool) -> None:
         state = dict(optimizer=run.optimizer, scheduler=run.scheduler if hasattr(run.scheduler, "state_dict") else None,
@@ -987,11 +1009,11 @@ class RunFolder:
         if self.path is not None and self.writer:
             history.save(self.path / "history.json")
 
-    def last_saved(self, history: History, start_epoch: int) -> str:
+    def last_saved(self) -> str:
         """What ``last.pt`` holds, for messages."""
         if self.path is None:
             return "nothing was saved"
-        return f"last.pt holds epoch {history[-1]['epoch'] if history else start_epoch}"
+        return f"last.pt holds epoch {self.saved_epoch}"
 
 
 def _open_run_folder(run: _Run, config: FitConfig) -> tuple[RunFolder, History, int]:
@@ -1005,7 +1027,7 @@ def _open_run_folder(run: _Run, config: FitConfig) -> tuple[RunFolder, History, 
         path.mkdir(parents=True, exist_ok=True)
     monitor, mode = ("val_top1", "max") if run.val_loader is not None else ("train_loss", "min")
     folder = RunFolder(path, monitor, mode, best, _fit_config(run, config), dict(config.run_info or {}),
-                       writer=run.world.rank == 0)
+                       writer=run.world.rank == 0, saved_epoch=done)
     return folder, history, done
 
 
@@ -1062,7 +1084,7 @@ def _fit_config(run: _Run, config: FitConfig) -> dict[str, Any]:
         "seed": config.seed, "device": str(run.device),
         "teacher": type(_unwrap(run.teacher)).__name__ if run.teacher is not None else None,
         "teacher_bf16": run.teacher_bf16 if run.teacher is not None else None,
-        "loss": repr(config.loss), "world_size": run.world.size,
+        "loss": repr(config.loss), "world_size": run.world.size, "save_every": config.save_every,
     }
 
 
@@ -1077,7 +1099,7 @@ def fit(
     resume: str | os.PathLike | None = None, seed: int | None = None, progress: bool = True,
     live_plot: bool | LivePlot = False, callbacks: Iterable[Callable[[dict], Any]] = (), amp: bool = True,
     teacher_bf16: bool | None = None, compile: bool = False, num_workers: int = 0, eval_batch_size: int | None = None,
-    run_info: dict[str, Any] | None = None, test_data: Any = None,
+    run_info: dict[str, Any] | None = None, test_data: Any = None, save_every: int = 1,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs, distilled from ``teacher`` if given; return the History.
 
@@ -1101,6 +1123,7 @@ def fit(
         mix_alpha=mix_alpha, grad_clip=grad_clip, device=device, output_dir=output_dir, resume=resume, seed=seed,
         progress=progress, live_plot=live_plot, callbacks=callbacks, amp=amp, teacher_bf16=teacher_bf16,
         compile=compile, num_workers=num_workers, eval_batch_size=eval_batch_size, run_info=run_info,
+        save_every=save_every,
     )
     run = _set_up(model, teacher, train_data, val_data, test_data, config)  # seed, device, data, optimiser
     folder, history, done = _open_run_folder(run, config)  # with resume: weights, optimiser, history, RNG
@@ -1114,29 +1137,26 @@ def fit(
                 # train_one_epoch (Algorithm 2 on every batch), then the validation and test scores
                 record = _fit_epoch(run, config, epoch, stop=lambda: interrupt.requested)
                 history.append(record)
-                folder.save(record, history, run)  # last.pt, best.pt if better, history.json
                 _show(record, history, epoch_bar if config.progress else None, plot)
-                if _callbacks_say_stop(config.callbacks, record) and epoch + 1 < epochs:
-                    stop = ("stopped", f"a callback stopped training after epoch {epoch + 1}.")
+                stop = _save_and_ask(record, history, run, folder, config, lambda: interrupt.requested)
+                if stop is not None:  # a callback stopped the run
                     break
-                if distributed.any_process(interrupt.requested):  # Ctrl-C during the evaluation or the callbacks
-                    raise KeyboardInterrupt
         except KeyboardInterrupt:
-            stop = ("interrupted", _interrupted_message(history, folder.path))
+            stop = ("interrupted", _interrupted_message(history, folder))
         except NonFiniteLossError as err:
-            stop = ("diverged", f"{err} The update was not applied; {folder.last_saved(history, done)}; "
-                                f"best.pt is untouched.")
+            stop = ("diverged", f"{err} The update was not applied; {folder.last_saved()}; best.pt is untouched.")
     return _finish(model, history, folder, stop, epochs)
 
 
 def _fit_epoch(run: _Run, config: FitConfig, epoch: int, stop: Callable[[], bool]) -> dict[str, Any]:
     """One epoch of :func:`fit`: train on every batch, then score the validation and test data."""
     start = time.perf_counter()
-    record = {"epoch": epoch + 1, **train_one_epoch(
+    record: dict[str, Any] = {"epoch": epoch + 1, **train_one_epoch(
         run.train_model, run.train_loader, run.optimizer, run.scheduler, config.loss, teacher=run.teacher,
         mixer=run.mixer, device=run.device, amp=config.amp, teacher_bf16=run.teacher_bf16,
         grad_clip=config.grad_clip, epoch=epoch, epochs=config.epochs, progress=config.progress, stop=stop,
     )}
+    record["train_seconds"] = time.perf_counter() - start  # the record's averages synchronised the device
     for split, loader, desc in (("val", run.val_loader, "validate"), ("test", run.test_loader, "test")):
         if loader is not None:
             scores = _eval_summary(run.model, loader, run.device, config.amp, config.progress, desc=desc,
@@ -1146,6 +1166,24 @@ def _fit_epoch(run: _Run, config: FitConfig, epoch: int, stop: Callable[[], bool
     record["seconds"] = time.perf_counter() - start
     record["finished_at"] = time.time()
     return record
+
+
+def _save_and_ask(record: dict[str, Any], history: History, run: _Run, folder: RunFolder, config: FitConfig,
+                  interrupted: Callable[[], bool]) -> tuple[str, str] | None:
+    """After an epoch: save it (``history.json``; ``last.pt`` and ``best.pt`` when a checkpoint is due), call
+    the callbacks; ``("stopped", message)`` when one of them stops the run. Raises ``KeyboardInterrupt``
+    after a Ctrl-C during the evaluations or the callbacks. A run stopping here first saves its checkpoint."""
+    epoch, epochs = record["epoch"], config.epochs
+    folder.save(record, history, run, checkpoint=epoch % config.save_every == 0 or epoch == epochs)
+    stopping = _callbacks_say_stop(config.callbacks, record) and epoch < epochs
+    interrupt = distributed.any_process(interrupted())  # several processes: all stop, or none
+    if stopping or interrupt:
+        folder.catch_up(record, history, run)  # this epoch's checkpoint, if save_every skipped it
+    if stopping:
+        return "stopped", f"a callback stopped training after epoch {epoch}."
+    if interrupt:
+        raise KeyboardInterrupt
+    return None
 
 
 def _epoch_bar(done: int, epochs: int, progress: bool) -> tqdm:
@@ -1190,9 +1228,10 @@ def _finish(model: nn.Module, history: History, folder: RunFolder, stop: tuple[s
     return history
 
 
-def _interrupted_message(history: History, out: Path | None) -> str:
-    done = history[-1]["epoch"] if history else 0
-    where = f"; {out / 'last.pt'} holds epoch {done} (resume with resume={str(out)!r})" if out is not None and history else ""
+def _interrupted_message(history: History, folder: RunFolder) -> str:
+    done, out = (history[-1]["epoch"] if history else 0), folder.path
+    where = (f"; {out / 'last.pt'} holds epoch {folder.saved_epoch} (resume with resume={str(out)!r})"
+             if out is not None and folder.saved_epoch else "")
     return f"training interrupted after {done} complete epoch(s){where}."
 
 
