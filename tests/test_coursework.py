@@ -12,7 +12,7 @@
 Grading runs whole notebooks, so CI grades a representative subset: notebook 02 (attention, the
 examples of the checklist) and the small assignment, about a minute; every notebook is released and
 checked for leaked solutions. ``TITN_EDU_GRADE_ALL=1`` also grades the solution and the untouched student
-version of every notebook 00-10 (about half an hour on two cores).
+version of every notebook 00-10 (19 minutes on two cores, 2 jobs).
 """
 
 from __future__ import annotations
