@@ -12,7 +12,8 @@
 Grading runs whole notebooks, so CI grades a representative subset: notebook 02 (attention, the
 examples of the checklist) and the small assignment, about a minute; every notebook is released and
 checked for leaked solutions. ``TITN_EDU_GRADE_ALL=1`` also grades the solution and the untouched student
-version of every notebook 00-10 (19 minutes on two cores, 2 jobs).
+version of every notebook 00-10 (7 minutes on two cores, 2 jobs, each with one thread: the solutions get 93 of
+93 points, the untouched notebooks 0).
 """
 
 from __future__ import annotations
@@ -303,6 +304,22 @@ def test_a_submission_past_its_time_is_stopped(tmp_path):
     log = tmp_path / "log.txt"
     reason = grading._run([sys.executable, "-c", "import time; time.sleep(60)"], str(tmp_path), dict(os.environ), log, 1.0)
     assert reason == "grading stopped after 1 s"
+
+
+def test_each_grading_job_gets_its_share_of_the_cores(released, tmp_path, monkeypatch):
+    """Parallel gradings split the cores, so a question timed by ``within_budget`` gets the same machine."""
+    seen = []
+    monkeypatch.setattr(grading, "_run", lambda command, cwd, env, log, timeout_s: seen.append(env) or "not run")
+    for student in ("ann", "bob"):
+        (tmp_path / "subs" / student).mkdir(parents=True)
+        nbformat.write(_read(released / "student" / COURSE[0].name), str(tmp_path / "subs" / student / COURSE[0].name))
+    grading.grade(tmp_path / "subs", release_dir=released, out=tmp_path / "grades", jobs=2)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert len(seen) == 2  # one notebook handed in by each; the others score zero without a run
+    assert {(e["OMP_NUM_THREADS"], e["MKL_NUM_THREADS"]) for e in seen} == {(str(max(1, cores // 2)),) * 2}
+    assert grading.threads_per_job(1) == cores and grading.threads_per_job(10 * cores) == 1
+    with pytest.raises(ValueError, match="jobs must be a whole number"):
+        grading.threads_per_job(0)
 
 
 def test_the_command_line(tmp_path, capsys):

@@ -184,8 +184,10 @@ def grade(submissions: str | os.PathLike, *, release_dir: str | os.PathLike, out
     ``submissions`` holds one folder per student, named after the student, with the notebooks they
     hand in under their released names (``<student>/02_attention.ipynb``). Each submission is graded by
     ``otter run`` in its own process (and its own ``TITN_EDU_OUTPUTS`` folder), at most ``timeout_s``
-    seconds; ``jobs`` submissions at a time. A notebook that is missing, cannot be read, or whose
-    grading fails or runs out of time scores zero on every question, with the reason in the CSV.
+    seconds; ``jobs`` submissions at a time, each with an equal share of the cores (its kernel's
+    ``OMP_NUM_THREADS``), so that a question timed by :func:`titn_edu.checks.within_budget` gets the
+    same machine however many gradings run beside it. A notebook that is missing, cannot be read, or
+    whose grading fails or runs out of time scores zero on every question, with the reason in the CSV.
     """
     _otter()
     course = _read_course(Path(release_dir))
@@ -198,9 +200,26 @@ def grade(submissions: str | os.PathLike, *, release_dir: str | os.PathLike, out
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(s, nb) for s in students for nb in course]
+    threads = threads_per_job(jobs)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(lambda t: _grade_one(t[0], t[1], course[t[1]], Path(release_dir), out, timeout_s), tasks))
+        results = list(pool.map(lambda t: _grade_one(t[0], t[1], course[t[1]], Path(release_dir), out, timeout_s,
+                                                     threads), tasks))
     return _write_grades(results, course, out)
+
+
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for each of ``jobs`` gradings at once: the cores this process may use, shared equally.
+
+    Without the split every kernel would start one PyTorch thread per core, and ``jobs`` kernels would
+    fight over the same cores: a training exercise that takes 60 s alone then runs past its budget.
+    """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}.")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // jobs)
 
 
 def _read_course(release_dir: Path) -> dict[str, dict[str, Any]]:
@@ -212,7 +231,7 @@ def _read_course(release_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _grade_one(student: Path, notebook: str, info: dict[str, Any], release_dir: Path, out: Path,
-               timeout_s: float) -> _Result:
+               timeout_s: float, threads: int) -> _Result:
     """``otter run`` on ``student/<notebook>.ipynb`` in a fresh folder and process; zeros with a reason on failure."""
     submission = student / f"{notebook}.ipynb"
     zeros = {q: (0.0, p, "") for q, p in info["questions"].items()}
@@ -222,7 +241,8 @@ def _grade_one(student: Path, notebook: str, info: dict[str, Any], release_dir: 
     log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="titn_edu_grade_") as work:
         shutil.copy2(submission, Path(work) / submission.name)
-        env = {**os.environ, "TITN_EDU_OUTPUTS": str(Path(work) / "outputs")}
+        env = {**os.environ, "TITN_EDU_OUTPUTS": str(Path(work) / "outputs"),
+               "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         command = [sys.executable, "-m", "otter", "run", "--no-logo", "-a", str((release_dir / info["autograder"]).resolve()),
                    "-o", work, submission.name]
         reason = _run(command, work, env, log, timeout_s)
