@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 from .utils import atomic_write
 
-__all__ = ["release", "grade", "course_notebooks", "questions", "CellTimeLimit", "limit_cell_time",
+__all__ = ["release", "grade", "course_notebooks", "questions", "threads_per_job", "CellTimeLimit", "limit_cell_time",
            "CELL_TIME_LIMIT_S", "SUBMISSION_TIME_LIMIT_S"]
 
 #: Default wall-clock limit of one cell of a submission while it is graded (a plugin setting can change it).
