@@ -2,7 +2,8 @@
 
     python scripts/ship_pretrained.py runs/titn-mnist --student titn-mnist --teacher teacher-mnist
 
-(``--table`` prints the README's table of the shipped models from the manifest) reads ``RUN/metrics.json`` (dataset, command, device, times) and the run's checkpoints, stores the
+(``--table`` prints the README's table of the shipped models from the manifest; ``--recount-flops``
+re-measures every shipped model's GFLOPs with today's :func:`titn_edu.metrics.count_flops`) reads ``RUN/metrics.json`` (dataset, command, device, times) and the run's checkpoints, stores the
 weights in float16, evaluates each model on the whole test split (before and after the float16
 rounding) and on the check subset, and records all of it in ``titn_edu/weights/manifest.json``
 (:func:`titn_edu.pretrained.publish`). Needs the data (``TITN_EDU_DATA``).
@@ -50,6 +51,26 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def recount_flops(folder: str | None = None) -> None:
+    """Re-measure each shipped model's GFLOPs (one test image's forward pass) and update the manifest.
+
+    Entries written before ``count_flops`` wrote attention out as eq. 1 miss the attention matmuls
+    (the fused kernel is invisible to the FLOP counter); the weights and their SHA-256 are untouched.
+    """
+    from titn_edu.metrics import count_flops
+    from titn_edu.pretrained import _MANIFEST, check_subset, load_pretrained, weights_dir
+    from titn_edu.utils import save_json
+
+    path = (Path(folder) if folder else weights_dir()) / _MANIFEST
+    manifest = json.loads(path.read_text())
+    for name, entry in manifest["models"].items():
+        image = check_subset(entry["dataset"])[0][0]
+        gflops = count_flops(load_pretrained(name), tuple(image.shape))
+        print(f"{name}: {entry['gflops']:.4f} -> {gflops:.4f} GFLOPs/image")
+        entry["gflops"] = gflops
+    save_json(path, manifest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", help="a finished titn-edu train run folder (with metrics.json)")
@@ -57,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", help="ship the run's student under this name")
     parser.add_argument("--teacher", help="ship the run's teacher under this name")
     parser.add_argument("--folder", help="where to write (default: the package's weights folder)")
+    parser.add_argument("--recount-flops", action="store_true", help="re-measure every shipped model's GFLOPs")
     args = parser.parse_args(argv)
+    if args.recount_flops:
+        recount_flops(args.folder)
+        return 0
     if args.table:
         print(table())
         return 0
