@@ -297,10 +297,9 @@ def _auto_threads() -> int:
     On a shared CPU, more PyTorch threads than idle cores makes small models *slower* (the threads
     wait for each other); on an idle machine this is every core.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    from .utils import usable_cores
+
+    cores = usable_cores()
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):

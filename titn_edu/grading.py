@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .utils import atomic_write
+from .utils import atomic_write, usable_cores
 
 __all__ = ["release", "grade", "course_notebooks", "questions", "threads_per_job", "CellTimeLimit", "limit_cell_time",
            "CELL_TIME_LIMIT_S", "SUBMISSION_TIME_LIMIT_S"]
@@ -201,7 +201,7 @@ def grade(submissions: str | os.PathLike, *, release_dir: str | os.PathLike, out
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(s, nb) for s in students for nb in course]
     threads = threads_per_job(jobs)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(lambda t: _grade_one(t[0], t[1], course[t[1]], Path(release_dir), out, timeout_s,
                                                      threads), tasks))
     return _write_grades(results, course, out)
@@ -215,11 +215,7 @@ def threads_per_job(jobs: int) -> int:
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}.")
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // jobs)
+    return max(1, usable_cores() // jobs)
 
 
 def _read_course(release_dir: Path) -> dict[str, dict[str, Any]]:

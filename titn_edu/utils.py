@@ -32,6 +32,7 @@ __all__ = [
     "save_json",
     "to_jsonable",
     "cpu_name",
+    "usable_cores",
 ]
 
 
@@ -57,6 +58,14 @@ def cpu_name(*, ids: bool = False) -> str:
     if ids and "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model', '?')}, stepping {fields.get('stepping', '?')})"
     return name
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def seed_everything(seed: int) -> int:
