@@ -8,7 +8,9 @@
 One grid, one budget: small ``*-tiny`` students (4 blocks of width 64, 8x8 patches of 2x2 pixels) on a
 class-balanced 10,000 of CIFAR-10's training images for 12 epochs, scored on all 10,000 test images.
 Everything else comes from the ``cifar10-quick`` preset (AdamW, crop + flip, label smoothing 0.1 on the
-label term) and the teacher is the shipped ``teacher-cifar10`` (a ResNet-9, about 80 %). Each variant
+label term) and the teacher is the shipped ``teacher-cifar10-quick`` (the ``cifar10-quick`` preset's ResNet-9,
+80.41 %; the records name it ``pretrained:teacher-cifar10``, its name when they were made, and record its
+parameters and scores, which ``tests/test_course.py`` checks against it). Each variant
 changes one thing against **TITN** (teacher + CutMix + hard distillation, eq. 9-10):
 
 * the distillation experiment (notebook 08): without the teacher, without CutMix, without both, soft
@@ -35,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS, RESULTS = ROOT / "runs" / "course", ROOT / "results" / "course"
-TEACHER = "pretrained:teacher-cifar10"
+TEACHER = "pretrained:teacher-cifar10-quick"
 
 #: Shared by every run: the budget and the data.
 BASE = ["--preset", "cifar10-quick", "--limit", "10000", "--epochs", "12", "--no-track-test"]

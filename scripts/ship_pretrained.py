@@ -2,11 +2,13 @@
 
     python scripts/ship_pretrained.py runs/titn-mnist --student titn-mnist --teacher teacher-mnist
 
-(``--table`` prints the README's table of the shipped models from the manifest; ``--recount-flops``
-re-measures every shipped model's GFLOPs with today's :func:`titn_edu.metrics.count_flops`) reads ``RUN/metrics.json`` (dataset, command, device, times) and the run's checkpoints, stores the
+reads ``RUN/metrics.json`` (dataset, command, device, times) and the run's checkpoints, stores the
 weights in float16, evaluates each model on the whole test split (before and after the float16
 rounding) and on the check subset, and records all of it in ``titn_edu/weights/manifest.json``
-(:func:`titn_edu.pretrained.publish`). Needs the data (``TITN_EDU_DATA``).
+(:func:`titn_edu.pretrained.publish`). Needs the data (``TITN_EDU_DATA``). A run whose student is
+still training in slices can already ship its teacher. ``--table`` prints the README's table of the
+shipped models from the manifest; ``--recount-flops`` re-measures every shipped model's GFLOPs with
+today's :func:`titn_edu.metrics.count_flops`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def _training(record: dict, role: str) -> dict:
     epochs = history.get("epochs", [])
     return {
         "command": record.get("command"),
+        "commands": record.get("commands") or [record.get("command")],  # every slice of a resumed run
         "preset": (record.get("config") or {}).get("preset"),
         "device": (record.get("config") or {}).get("device"),
         "threads": (record.get("config") or {}).get("threads"),
@@ -31,7 +34,22 @@ def _training(record: dict, role: str) -> dict:
         "epochs": len(epochs),
         "train_seconds": round(sum(float(r.get("seconds") or 0.0) for r in epochs), 1),
         "seed": (record.get("config") or {}).get("seed"),
+        # a fine-tuning run (--init-from): the weights it started from, and the teacher it used
+        "init_from": (record.get("config") or {}).get("init_from") if role == "student" else None,
+        "teacher": (record.get("config") or {}).get("teacher") if role == "student" else None,
     }
+
+
+def finished_checkpoint(run: Path, record: dict, role: str) -> str | None:
+    """The checkpoint of a finished stage: a completed run's, or the teacher of a run whose student is
+    still training (the teacher stage ends first, so it can be shipped while the student goes on)."""
+    if record.get("status") == "completed":
+        return (record.get("checkpoints") or {}).get(role)
+    if role == "teacher" and (record.get("teacher_history") or {}).get("status") == "completed":
+        for file in ("best.pt", "last.pt"):  # best.pt exists only where a validation split picked it
+            if (run / "teacher" / file).is_file():
+                return str(run / "teacher" / file)
+    return None
 
 
 def table() -> str:
@@ -43,10 +61,11 @@ def table() -> str:
     for name in list_pretrained():
         e = pretrained_info(name)
         m, t = e["metrics"], e["training"]
+        epochs = f"{t.get('epochs')} from `{t['init_from']}`" if t.get("init_from") else t.get("epochs")
         lines.append(
             f"| `{name}` | {e['role']} ({e['dataset']}) | {e['params']:,} | {e['gflops']:.4f} | "
             f"{m['test_top1']:.2f} % / {m['test_top5']:.2f} % ({m['test_top1_float32']:.2f} %) | "
-            f"{e['check']['top1']:.2f} % of {e['check']['samples']:,} | {t.get('device')}, {t.get('epochs')}, "
+            f"{e['check']['top1']:.2f} % of {e['check']['samples']:,} | {t.get('device')}, {epochs}, "
             f"{t.get('train_seconds', 0) / 60:.1f} | {e['bytes'] / 1e6:.2f} MB |")
     return "\n".join(lines)
 
@@ -73,7 +92,8 @@ def recount_flops(folder: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", nargs="?", help="a finished titn-edu train run folder (with metrics.json)")
+    parser.add_argument("run", nargs="?", help="a titn-edu train run folder (with metrics.json) whose stage to ship "
+                        "has finished")
     parser.add_argument("--table", action="store_true", help="print the README's table of the shipped models")
     parser.add_argument("--student", help="ship the run's student under this name")
     parser.add_argument("--teacher", help="ship the run's teacher under this name")
@@ -90,15 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a run folder (or --table)")
     run = Path(args.run)
     record = json.loads((run / "metrics.json").read_text())
-    if record.get("status") != "completed":
-        parser.error(f"{run} has not finished (status {record.get('status')!r}); finish it with --resume first")
     dataset = record["config"]["dataset"]
     for role, name in (("teacher", args.teacher), ("student", args.student)):
         if name is None:
             continue
-        checkpoint = (record.get("checkpoints") or {}).get(role)
+        checkpoint = finished_checkpoint(run, record, role)
         if checkpoint is None:
-            parser.error(f"{run} has no {role} checkpoint")
+            parser.error(f"{run} has not finished training its {role} (status {record.get('status')!r}); "
+                         f"finish it with titn-edu train --resume {run} first")
         entry = publish(name, checkpoint, dataset=dataset, role=role, training=_training(record, role),
                         folder=args.folder)
         print(f"{name}: test top-1 {entry['metrics']['test_top1']:.2f} % (float32 "

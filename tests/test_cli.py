@@ -69,6 +69,27 @@ def test_train_with_data_on_the_device_and_a_bf16_teacher(tiny_run, tmp_path, mo
     assert plain["config"]["device_data"] is False  # CPU default: the per-image path
 
 
+def test_init_from_starts_the_student_from_trained_weights(tiny_run, tmp_path, capsys):
+    """--init-from: a new run whose student starts from a checkpoint (fine-tuning), not from scratch."""
+    import torch
+
+    start = tiny_run / "student" / "last.pt"
+    argv = ["train", *TINY, "--teacher", "none", "--lr", "1e-9", "--init-from", str(start), "--output", str(tmp_path)]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["init_from"] == str(start)
+    before, after = load_model(start).state_dict(), load_model(tmp_path / "student" / "last.pt").state_dict()
+    for key in before:  # one epoch at lr 1e-9 leaves the loaded weights where they were
+        torch.testing.assert_close(after[key], before[key], atol=1e-6, rtol=0, msg=key)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # another architecture: a usage error naming the fix
+        main([*argv[:-2], "--model-arg", "outer_dim=8", "--output", str(tmp_path / "other")])
+    assert exc.value.code == 2 and "do not fit the student" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*argv[:-4], "--init-from", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "other")])
+    assert exc.value.code == 2 and "missing.pt" in capsys.readouterr().err
+
+
 def test_evaluate_command(tiny_run, tmp_path, capsys):
     code = main(["evaluate", str(tiny_run / "student"), "--limit", "20", "--output", str(tmp_path), "--threads", "1"])
     assert code == 0
@@ -174,6 +195,8 @@ def test_time_limit_stops_in_slices_and_resume_finishes(tmp_path, capsys):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and len(metrics["history"]["epochs"]) == 2
     assert [r["stage"] for r in metrics["timeline"]] == ["teacher", "student", "student"]
+    first, second = metrics["commands"]                       # both slices' commands, the first started it
+    assert "--time-limit" in first and "--output" in first and second == metrics["command"] and "--resume" in second
     # Epochs of the earlier slice have no wall-clock minutes in this command, but keep their training time.
     assert metrics["timeline"][0]["minutes"] is None and metrics["timeline"][-1]["minutes"] >= 0
     assert metrics["timeline"][-1]["train_minutes"] > metrics["timeline"][0]["train_minutes"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+import titn_edu
 from titn_edu import course
 from titn_edu.checkpoint import load_checkpoint
 
@@ -99,17 +101,44 @@ def test_shipped_models_and_a_short_continuation():
         course.continue_training(preset, student, train, teacher=None, lr_scale=2.0)
     with pytest.raises(ValueError, match="unknown pretrained model 'teacher-svhn'"):
         course.shipped_teacher("svhn")
+    with pytest.raises(ValueError, match=r"'titn-mnist' is a mnist student, not a mnist teacher.*'teacher-mnist'"):
+        course.shipped_teacher("mnist", name="titn-mnist")
+    with pytest.raises(ValueError, match="not a mnist teacher"):
+        course.shipped_teacher("mnist", name="teacher-cifar10")
 
 
-def test_the_recorded_course_grid_parses_and_changes_one_thing_per_variant():
-    """scripts/course_runs.py: every variant is a valid titn-edu train command, one change away from TITN."""
+def _course_runs():
+    """scripts/course_runs.py as a module (scripts/ is not a package)."""
     import importlib.util
-
-    from titn_edu.cli import _settings, build_parser
 
     spec = importlib.util.spec_from_file_location("course_runs", Path(__file__).parents[1] / "scripts" / "course_runs.py")
     grid = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(grid)
+    return grid
+
+
+def test_the_recorded_experiments_teacher_is_shipped_as_teacher_cifar10_quick():
+    """The course's recorded runs (notebooks 08 and 10) were distilled from the 80 % ResNet-9 shipped as
+    ``teacher-cifar10`` at the time; it stays shipped as ``teacher-cifar10-quick``, and ``course_runs.py``
+    names it so. Each record's teacher (parameters, test scores) must be that model."""
+    grid = _course_runs()
+    assert grid.TEACHER == "pretrained:teacher-cifar10-quick"
+    quick = titn_edu.pretrained_info("teacher-cifar10-quick")
+    teacher = course.shipped_teacher("cifar10", name="teacher-cifar10-quick")
+    assert teacher.pretrained_info["params"] == quick["params"] and not teacher.training
+    records = [json.loads(p.read_text()) for p in sorted(course.recorded("results", "course").glob("*.json"))]
+    taught = [r for r in records if str((r.get("teacher") or {}).get("name", "")).startswith("pretrained:")]
+    assert len(taught) >= 18, len(taught)
+    for r in taught:
+        assert r["teacher"]["params"] == quick["params"], r["command"]
+        assert r["teacher"]["test_top1"] == quick["metrics"]["test_top1"], (r["command"], r["teacher"]["test_top1"])
+
+
+def test_the_recorded_course_grid_parses_and_changes_one_thing_per_variant():
+    """scripts/course_runs.py: every variant is a valid titn-edu train command, one change away from TITN."""
+    from titn_edu.cli import _settings, build_parser
+
+    grid = _course_runs()
     parser = build_parser()
     settings = {name: _settings(parser.parse_args(["train", *grid.BASE, *flags, "--output", "x"]), parser, None)
                 for name, (_, flags) in grid.VARIANTS.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,3 +148,57 @@ def test_publish_writes_float16_weights_and_a_manifest_entry_that_load_pretraine
     assert loaded.pretrained_info["training"]["command"] == "titn-edu train ..."
     with pytest.raises(ValueError, match="role"):
         pretrained.publish("x", ckpt, dataset="mnist", role="assistant", training={}, folder=folder)
+
+
+def _ship_pretrained():
+    """scripts/ship_pretrained.py as a module (scripts are not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_pretrained", Path(__file__).parents[1] / "scripts" / "ship_pretrained.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_table_of_shipped_models_is_the_manifests():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start, end = "<!-- pretrained:start -->\n", "\n<!-- pretrained:end -->"
+    between = readme[readme.index(start) + len(start):readme.index(end)]
+    assert between == _ship_pretrained().table(), "README out of date: paste `python scripts/ship_pretrained.py --table`"
+
+
+def test_a_fine_tuned_student_records_where_it_started_and_its_teacher():
+    record = {"command": "titn-edu train --init-from a.pt", "status": "completed",
+              "config": {"preset": "titn-cifar10", "device": "cpu", "threads": 2, "seed": 0,
+                         "init_from": "a.pt", "teacher": "pretrained:teacher-cifar10"},
+              "history": {"epochs": [{"seconds": 60.0}, {"seconds": 30.0}]}}
+    student = _ship_pretrained()._training(record, "student")
+    assert student["init_from"] == "a.pt" and student["teacher"] == "pretrained:teacher-cifar10"
+    assert student["epochs"] == 2 and student["train_seconds"] == 90.0 and student["commands"] == [record["command"]]
+    assert _ship_pretrained()._training(record, "teacher")["init_from"] is None
+
+
+def test_a_teacher_can_be_shipped_while_its_student_still_trains(tmp_path):
+    finished = _ship_pretrained().finished_checkpoint
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "last.pt").write_bytes(b"")
+    training = {"status": "student stopped", "teacher_history": {"status": "completed"}}
+    assert finished(tmp_path, training, "teacher") == str(tmp_path / "teacher" / "last.pt")
+    assert finished(tmp_path, training, "student") is None  # the student has not finished
+    assert finished(tmp_path, {"status": "teacher stopped", "teacher_history": {"status": "stopped"}}, "teacher") is None
+    done = {"status": "completed", "checkpoints": {"student": "s.pt", "teacher": "t.pt"}}
+    assert finished(tmp_path, done, "student") == "s.pt" and finished(tmp_path, done, "teacher") == "t.pt"
+
+
+def test_the_shipped_titn_cifar10_comes_from_its_recorded_runs():
+    """Stage 1 (the preset's student after 36 epochs, kept in results/) -> stage 2 (the fine-tuning run) -> shipped."""
+    root = Path(__file__).parents[1]
+    entry = titn_edu.pretrained_info("titn-cifar10")
+    run = json.loads((root / "benchmarks" / "results" / "titn_cifar10_finetune_seed0.json").read_text())
+    start = json.loads((root / "benchmarks" / "results" / "titn_cifar10_stage1_epoch36.json").read_text())
+    assert run["status"] == "completed" and run["command"] == entry["training"]["command"]
+    assert abs(run["test_top1"] - entry["metrics"]["test_top1_float32"]) < 0.05
+    assert run["config"]["init_from"] == start["checkpoint"] == entry["training"]["init_from"]
+    assert (root / start["checkpoint"]).is_file() and start["dataset"] == "cifar10" and start["test_samples"] == 10_000
+    assert run["config"]["teacher"] == entry["training"]["teacher"] == "pretrained:teacher-cifar10"
+    assert run["history"]["epochs"][0]["test_top1"] > start["test_top1"] - 1  # it continued, it did not restart

@@ -223,6 +223,10 @@ def _add_run_flags(tr: argparse.ArgumentParser) -> None:
                     help="download missing data (default: only when not found locally)")
     tr.add_argument("--output", help="run folder for checkpoints, histories and metrics.json")
     tr.add_argument("--resume", help="continue the run in this folder (teacher and student)")
+    tr.add_argument("--init-from", metavar="WEIGHTS",
+                    help="start the student from trained weights instead of a fresh initialisation: a checkpoint "
+                         "(e.g. RUN/student/last.pt) or a shipped model (pretrained:NAME); --model and --model-arg "
+                         "must build the same architecture. A new run (fine-tuning); --resume continues the same one")
     tr.add_argument("--seed", type=_int_at_least(0, "--seed"), default=0, help="random seed (default 0)")
     tr.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     tr.add_argument("--dist-backend", choices=["auto", "gloo", "nccl"], default="auto",
@@ -341,7 +345,7 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser, resumed
         warmup_epochs=args.warmup_epochs, mixing=args.mixing, distillation=args.distillation, alpha=args.alpha,
         tau=args.tau, limit=args.limit, test_limit=args.test_limit, val_size=args.val_size, augment=args.augment,
         label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, track_test=args.track_test,
-        policy_group=args.policy_group, save_every=args.save_every,
+        policy_group=args.policy_group, save_every=args.save_every, init_from=args.init_from,
     )
     settings = dict(base)
     settings.setdefault("limit", None)
@@ -500,7 +504,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any
     threads = _set_threads(args.threads, device, world.local_size)
     seed_everything(s["seed"])
     student, teacher = _build_models(s, teacher_kind, teacher_ref, parser)
+    if s.get("init_from"):
+        _init_student(student, s, parser)
     record = _new_record(args, s, out, device, threads)
+    record["commands"] = _earlier_commands(out) if args.resume else []
+    record["commands"].append(record["command"])  # every slice's command, the first started the run
     record["config"]["world_size"] = world.size
     if world.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -529,6 +537,16 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any
         return _stopped(record, history, out, "student")
     _finish_run(stage, student, teacher_kind, teacher_ref)
     return 0
+
+
+def _earlier_commands(run: Path) -> list[str]:
+    """The commands of a resumed run's earlier slices, from its metrics.json (runs recorded before
+    ``commands`` existed give their last command only)."""
+    saved = run / "metrics.json"
+    if not saved.is_file():
+        return []
+    record = json.loads(saved.read_text())
+    return list(record.get("commands") or ([record["command"]] if record.get("command") else []))
 
 
 def _resumed_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any] | None:
@@ -576,6 +594,27 @@ def _build_models(s: dict[str, Any], teacher_kind: str, teacher_ref: Any,
         except (TypeError, ValueError) as err:
             parser.error(f"cannot build the teacher {teacher_ref!r}: {err}")
     return student, teacher
+
+
+def _init_student(student: torch.nn.Module, s: dict[str, Any], parser: argparse.ArgumentParser) -> None:
+    """``--init-from``: load trained weights into the freshly built student (the same architecture)."""
+    from .checkpoint import load_checkpoint
+    from .pretrained import load_pretrained
+
+    spec = s["init_from"]
+    try:
+        if spec.startswith(PRETRAINED_PREFIX):
+            state = load_pretrained(spec[len(PRETRAINED_PREFIX):]).state_dict()
+        else:
+            state = load_checkpoint(spec)["state_dict"]
+    except (FileNotFoundError, ValueError, TypeError) as err:  # a missing file, a bad checkpoint, an unknown name
+        parser.error(f"--init-from {spec!r}: {err}")
+    mine = student.state_dict()
+    misfits = [k for k in mine if k not in state or state[k].shape != mine[k].shape] + [k for k in state if k not in mine]
+    if misfits:
+        parser.error(f"--init-from {spec!r}: its weights do not fit the student {s['model']} {s['model_args']} "
+                     f"(first difference: {misfits[0]!r}); give the --model and --model-arg of the run that trained them")
+    student.load_state_dict(state)
 
 
 def _new_record(args: argparse.Namespace, s: dict[str, Any], out: Path, device: torch.device,

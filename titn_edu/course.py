@@ -262,13 +262,31 @@ def cached_student(preset: dict[str, Any], train_data: Any, val_data: Any = None
                                          **fit_kwargs), retrain)
 
 
-def shipped_teacher(dataset: str) -> nn.Module:
+def shipped_teacher(dataset: str, *, name: str | None = None) -> nn.Module:
     """The package's trained teacher for ``dataset`` (``"cifar10"`` or ``"mnist"``), frozen, in ``eval()``
-    mode: :func:`titn_edu.load_pretrained` of ``"teacher-<dataset>"``; ``.pretrained_info`` holds its metrics."""
-    from .pretrained import load_pretrained
+    mode: :func:`titn_edu.load_pretrained` of ``"teacher-<dataset>"``, the teacher of the shipped
+    ``"titn-<dataset>"``; ``.pretrained_info`` holds its metrics.
+
+    ``name`` picks another shipped teacher of ``dataset`` instead, e.g. ``"teacher-cifar10-quick"``: the
+    ``cifar10-quick`` preset's 80 % ResNet-9, the teacher of the course's recorded experiments
+    (notebooks 08 and 10).
+    """
+    from .pretrained import load_pretrained, pretrained_info
     from .teachers import freeze
 
-    return freeze(load_pretrained(f"teacher-{dataset}"))
+    name = f"teacher-{dataset}" if name is None else name
+    info = pretrained_info(name)
+    if info["role"] != "teacher" or info["dataset"] != dataset:
+        raise ValueError(f"{name!r} is a {info['dataset']} {info['role']}, not a {dataset} teacher; "
+                         f"the shipped {dataset} teachers are {_shipped_teachers(dataset)}.")
+    return freeze(load_pretrained(name))
+
+
+def _shipped_teachers(dataset: str) -> list[str]:
+    from .pretrained import list_pretrained, pretrained_info
+
+    infos = {n: pretrained_info(n) for n in list_pretrained()}
+    return [n for n, i in infos.items() if i["role"] == "teacher" and i["dataset"] == dataset]
 
 
 def shipped_student(dataset: str) -> nn.Module:

@@ -2,7 +2,7 @@
 
 >>> import titn_edu
 >>> titn_edu.list_pretrained()
-['teacher-cifar10', 'teacher-mnist', 'titn-cifar10', 'titn-mnist']
+['teacher-cifar10', 'teacher-cifar10-quick', 'teacher-mnist', 'titn-cifar10', 'titn-mnist']
 >>> model = titn_edu.load_pretrained("titn-cifar10")      # eval() mode, on the CPU
 >>> model.pretrained_info["metrics"]["test_top1"]         # what it scored on the whole test split
 

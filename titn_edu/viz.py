@@ -337,7 +337,8 @@ def attention_heatmap(
     if head_titles is not None and len(head_titles) != heads:
         raise ValueError(f"got {len(head_titles)} head_titles for {heads} maps.")
     side = min(4.0, 1.2 + 0.25 * max(q_len, k_len))
-    fig, axes = plt.subplots(1, heads, figsize=(side * heads + 0.8, side), squeeze=False)
+    fig, axes = plt.subplots(1, heads, figsize=(side * heads + 0.8, side + 0.4), squeeze=False,
+                             layout="constrained")  # room for the titles above small maps
     top = float(a.max()) if vmax is None else vmax
     for i, ax in enumerate(axes[0]):
         im = ax.imshow(a[i], cmap=cmap, vmin=0.0, vmax=top, interpolation="nearest")
@@ -356,7 +357,7 @@ def attention_heatmap(
                 for c in range(k_len):
                     ax.text(c, r, f"{a[i, r, c]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if a[i, r, c] < 0.6 * top else "black")
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title)
     return fig
