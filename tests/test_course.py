@@ -107,21 +107,11 @@ def test_shipped_models_and_a_short_continuation():
         course.shipped_teacher("mnist", name="teacher-cifar10")
 
 
-def _course_runs():
-    """scripts/course_runs.py as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("course_runs", Path(__file__).parents[1] / "scripts" / "course_runs.py")
-    grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grid)
-    return grid
-
-
-def test_the_recorded_experiments_teacher_is_shipped_as_teacher_cifar10_quick():
+def test_the_recorded_experiments_teacher_is_shipped_as_teacher_cifar10_quick(load_script):
     """The course's recorded runs (notebooks 08 and 10) were distilled from the 80 % ResNet-9 shipped as
     ``teacher-cifar10`` at the time; it stays shipped as ``teacher-cifar10-quick``, and ``course_runs.py``
     names it so. Each record's teacher (parameters, test scores) must be that model."""
-    grid = _course_runs()
+    grid = load_script("course_runs")
     assert grid.TEACHER == "pretrained:teacher-cifar10-quick"
     quick = titn_edu.pretrained_info("teacher-cifar10-quick")
     teacher = course.shipped_teacher("cifar10", name="teacher-cifar10-quick")
@@ -134,11 +124,11 @@ def test_the_recorded_experiments_teacher_is_shipped_as_teacher_cifar10_quick():
         assert r["teacher"]["test_top1"] == quick["metrics"]["test_top1"], (r["command"], r["teacher"]["test_top1"])
 
 
-def test_the_recorded_course_grid_parses_and_changes_one_thing_per_variant():
+def test_the_recorded_course_grid_parses_and_changes_one_thing_per_variant(load_script):
     """scripts/course_runs.py: every variant is a valid titn-edu train command, one change away from TITN."""
     from titn_edu.cli import _settings, build_parser
 
-    grid = _course_runs()
+    grid = load_script("course_runs")
     parser = build_parser()
     settings = {name: _settings(parser.parse_args(["train", *grid.BASE, *flags, "--output", "x"]), parser, None)
                 for name, (_, flags) in grid.VARIANTS.items()}

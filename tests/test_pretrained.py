@@ -150,36 +150,26 @@ def test_publish_writes_float16_weights_and_a_manifest_entry_that_load_pretraine
         pretrained.publish("x", ckpt, dataset="mnist", role="assistant", training={}, folder=folder)
 
 
-def _ship_pretrained():
-    """scripts/ship_pretrained.py as a module (scripts are not part of the package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ship_pretrained", Path(__file__).parents[1] / "scripts" / "ship_pretrained.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_readme_table_of_shipped_models_is_the_manifests():
+def test_the_readme_table_of_shipped_models_is_the_manifests(load_script):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     start, end = "<!-- pretrained:start -->\n", "\n<!-- pretrained:end -->"
     between = readme[readme.index(start) + len(start):readme.index(end)]
-    assert between == _ship_pretrained().table(), "README out of date: paste `python scripts/ship_pretrained.py --table`"
+    assert between == load_script("ship_pretrained").table(), "README out of date: paste `python scripts/ship_pretrained.py --table`"
 
 
-def test_a_fine_tuned_student_records_where_it_started_and_its_teacher():
+def test_a_fine_tuned_student_records_where_it_started_and_its_teacher(load_script):
     record = {"command": "titn-edu train --init-from a.pt", "status": "completed",
               "config": {"preset": "titn-cifar10", "device": "cpu", "threads": 2, "seed": 0,
                          "init_from": "a.pt", "teacher": "pretrained:teacher-cifar10"},
               "history": {"epochs": [{"seconds": 60.0}, {"seconds": 30.0}]}}
-    student = _ship_pretrained()._training(record, "student")
+    student = load_script("ship_pretrained")._training(record, "student")
     assert student["init_from"] == "a.pt" and student["teacher"] == "pretrained:teacher-cifar10"
     assert student["epochs"] == 2 and student["train_seconds"] == 90.0 and student["commands"] == [record["command"]]
-    assert _ship_pretrained()._training(record, "teacher")["init_from"] is None
+    assert load_script("ship_pretrained")._training(record, "teacher")["init_from"] is None
 
 
-def test_a_teacher_can_be_shipped_while_its_student_still_trains(tmp_path):
-    finished = _ship_pretrained().finished_checkpoint
+def test_a_teacher_can_be_shipped_while_its_student_still_trains(tmp_path, load_script):
+    finished = load_script("ship_pretrained").finished_checkpoint
     (tmp_path / "teacher").mkdir()
     (tmp_path / "teacher" / "last.pt").write_bytes(b"")
     training = {"status": "student stopped", "teacher_history": {"status": "completed"}}
