@@ -15,9 +15,17 @@ import sys
 from pathlib import Path
 
 
+def clock(record: dict) -> str:
+    """Which minutes a run's timeline can be read in: wall-clock minutes since its command started, or, for a
+    run resumed in slices (its earlier slices' epochs have no wall-clock time), its epochs' own times added up."""
+    timeline = record.get("timeline", [])
+    return "minutes" if timeline and all(r.get("minutes") is not None for r in timeline) else "train_minutes"
+
+
 def at_minutes(record: dict, minutes: float) -> dict | None:
-    """The last epoch of the run's timeline finished within ``minutes`` of the command's start."""
-    done = [r for r in record.get("timeline", []) if r.get("minutes") is not None and r["minutes"] <= minutes]
+    """The last epoch of the run's timeline finished within ``minutes`` (on the run's ``clock``)."""
+    key = clock(record)
+    done = [r for r in record.get("timeline", []) if r.get(key) is not None and r[key] <= minutes]
     return done[-1] if done else None
 
 
@@ -28,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     records = [(Path(f), json.loads(Path(f).read_text())) for f in args.files]
     first_path, first = records[0]
-    print(f"Accuracy versus wall-clock minutes, {first_path.name}:\n")
-    print("| minutes | stage, epoch | test top-1 |")
+    if clock(first) == "minutes":
+        print(f"Accuracy versus wall-clock minutes, {first_path.name}:\n")
+        print("| minutes | stage, epoch | test top-1 |")
+    else:
+        print(f"Accuracy versus training minutes (the epochs' own times added up: the run was resumed), "
+              f"{first_path.name}:\n")
+        print("| training minutes | stage, epoch | test top-1 |")
     print("|---|---|---|")
     for mark in args.at:
         row = at_minutes(first, mark)
@@ -48,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         epochs = (r.get("history") or {}).get("epochs", [])
         per_epoch = sum(e["seconds"] for e in epochs) / len(epochs) if epochs else float("nan")
         load = machine.get("load_1min_at_start")
+        wall = (f"{r['wall_seconds'] / 60:.1f}" if clock(r) == "minutes"   # a resumed run: its epochs' times
+                else f"{sum(e['seconds'] for e in epochs) / 60:.1f} (epochs only, resumed)")
         print(f"| `{path.name}` | {r['config']['seed']} | {teacher:.2f} % | {len(epochs)} | {r['test_top1']:.2f} % / "
-              f"{r['test_top5']:.2f} % | {r['f1']:.4f} | {per_epoch:.1f} | {r['wall_seconds'] / 60:.1f} | "
+              f"{r['test_top5']:.2f} % | {r['f1']:.4f} | {per_epoch:.1f} | {wall} | "
               f"{machine.get('cpu', '?')}, {r['config'].get('threads')}, {'?' if load is None else f'{load:.2f}'} |")
     return 0
 

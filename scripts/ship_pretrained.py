@@ -24,19 +24,21 @@ from titn_edu.pretrained import publish
 def _training(record: dict, role: str) -> dict:
     history = record.get("teacher_history" if role == "teacher" else "history") or {}
     epochs = history.get("epochs", [])
+    config = record.get("config") or {}
+    student = role == "student"
     return {
         "command": record.get("command"),
         "commands": record.get("commands") or [record.get("command")],  # every slice of a resumed run
-        "preset": (record.get("config") or {}).get("preset"),
-        "device": (record.get("config") or {}).get("device"),
-        "threads": (record.get("config") or {}).get("threads"),
+        "preset": config.get("preset"),
+        "device": config.get("device"),
+        "threads": config.get("threads"),
         "machine": record.get("machine"),
         "epochs": len(epochs),
         "train_seconds": round(sum(float(r.get("seconds") or 0.0) for r in epochs), 1),
-        "seed": (record.get("config") or {}).get("seed"),
+        "seed": config.get("seed"),
         # a fine-tuning run (--init-from): the weights it started from, and the teacher it used
-        "init_from": (record.get("config") or {}).get("init_from") if role == "student" else None,
-        "teacher": (record.get("config") or {}).get("teacher") if role == "student" else None,
+        "init_from": config.get("init_from") if student else None,
+        "teacher": config.get("teacher") if student else None,
     }
 
 

@@ -180,15 +180,40 @@ def test_a_teacher_can_be_shipped_while_its_student_still_trains(tmp_path, load_
     assert finished(tmp_path, done, "student") == "s.pt" and finished(tmp_path, done, "teacher") == "t.pt"
 
 
+# The shipped titn-cifar10's training, stage by stage: (the evaluation of the weights a fine-tuning run started
+# from, kept in results/titn-cifar10/; that run's metrics.json). Stage 1 is the preset's student after 36 epochs.
+TITN_CIFAR10_CHAIN = [("titn_cifar10_stage1_epoch36.json", "titn_cifar10_finetune_seed0.json"),
+                      ("titn_cifar10_stage2_finetune28.json", "titn_cifar10_finetune2_seed0.json")]
+
+
 def test_the_shipped_titn_cifar10_comes_from_its_recorded_runs():
-    """Stage 1 (the preset's student after 36 epochs, kept in results/) -> stage 2 (the fine-tuning run) -> shipped."""
+    """Stage 1 -> fine-tuning run -> its weights -> fine-tuning run -> shipped: every link recorded."""
     root = Path(__file__).parents[1]
     entry = titn_edu.pretrained_info("titn-cifar10")
-    run = json.loads((root / "benchmarks" / "results" / "titn_cifar10_finetune_seed0.json").read_text())
-    start = json.loads((root / "benchmarks" / "results" / "titn_cifar10_stage1_epoch36.json").read_text())
-    assert run["status"] == "completed" and run["command"] == entry["training"]["command"]
+    records = [[json.loads((root / "benchmarks" / "results" / name).read_text()) for name in pair]
+               for pair in TITN_CIFAR10_CHAIN]
+    for k, (start, run) in enumerate(records):
+        assert (root / start["checkpoint"]).is_file() and start["dataset"] == "cifar10" and start["test_samples"] == 10_000
+        assert run["status"] == "completed" and run["config"]["init_from"] == start["checkpoint"]
+        assert run["config"]["teacher"] == "pretrained:teacher-cifar10"
+        assert run["history"]["epochs"][0]["test_top1"] > start["test_top1"] - 2  # it continued, it did not restart
+        if k:  # the weights this run started from are the previous run's result
+            assert abs(start["test_top1"] - records[k - 1][1]["test_top1"]) < 0.05
+    start, run = records[-1]
+    assert run["command"] == entry["training"]["command"] and start["checkpoint"] == entry["training"]["init_from"]
+    assert run["commands"] == entry["training"]["commands"]
     assert abs(run["test_top1"] - entry["metrics"]["test_top1_float32"]) < 0.05
-    assert run["config"]["init_from"] == start["checkpoint"] == entry["training"]["init_from"]
-    assert (root / start["checkpoint"]).is_file() and start["dataset"] == "cifar10" and start["test_samples"] == 10_000
-    assert run["config"]["teacher"] == entry["training"]["teacher"] == "pretrained:teacher-cifar10"
-    assert run["history"]["epochs"][0]["test_top1"] > start["test_top1"] - 1  # it continued, it did not restart
+    assert entry["training"]["teacher"] == "pretrained:teacher-cifar10"
+
+
+def test_accuracy_vs_time_reads_a_resumed_run_on_its_training_clock(load_script):
+    """A resumed run's earlier slices have no wall-clock minutes, and its last slice's clock restarts at 0."""
+    table = load_script("accuracy_vs_time")
+    def epoch(k, minutes, train_minutes):
+        return {"stage": "student", "epoch": k, "minutes": minutes, "train_minutes": train_minutes, "test_top1": 50.0 + k}
+    resumed = {"timeline": [epoch(1, None, 4.0), epoch(2, None, 8.0), epoch(3, 4.5, 12.0)]}
+    assert table.clock(resumed) == "train_minutes"
+    assert table.at_minutes(resumed, 5)["epoch"] == 1 and table.at_minutes(resumed, 12)["epoch"] == 3
+    one_slice = {"timeline": [epoch(1, 4.5, 4.0), epoch(2, 9.0, 8.0)]}
+    assert table.clock(one_slice) == "minutes"
+    assert table.at_minutes(one_slice, 4.2) is None and table.at_minutes(one_slice, 9)["epoch"] == 2
