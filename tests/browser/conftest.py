@@ -6,7 +6,8 @@ Environment:
   TITN_EDU_CHROMIUM              the Chromium executable (default: `chromium` on PATH).
   TITN_EDU_BROWSER_SCREENSHOTS   where the screenshots and the JupyterLab server log go
                                  (default: tests/browser/screenshots, not committed).
-  TITN_EDU_BROWSER_TIMEOUT       seconds allowed to run all cells of one notebook (default 240).
+  TITN_EDU_BROWSER_TIMEOUT       seconds allowed to run all cells of one notebook (default 480: notebook 08,
+                                 the longest, runs all its cells in about 260 s on two slow cores).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def lab(chromium_path, screenshot_dir, request):
         server.start()
         playwright = sync_playwright().start()
         context = launch_chromium(playwright, chromium_path, workdir / "chromium-profile")
-        timeout = float(os.environ.get("TITN_EDU_BROWSER_TIMEOUT", "240"))
+        timeout = float(os.environ.get("TITN_EDU_BROWSER_TIMEOUT", "480"))
         driver = LabDriver(server, context, screenshot_dir, run_timeout=timeout)
         request.config.stash[REPORTS] = driver
         yield driver
