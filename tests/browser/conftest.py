@@ -7,7 +7,7 @@ Environment:
   TITN_EDU_BROWSER_SCREENSHOTS   where the screenshots and the JupyterLab server log go
                                  (default: tests/browser/screenshots, not committed).
   TITN_EDU_BROWSER_TIMEOUT       seconds allowed to run all cells of one notebook (default 480: notebook 08,
-                                 the longest, runs all its cells in about 260 s on two slow cores).
+                                 the longest, ran all its cells in 245 s in JupyterLab on two slow cores).
 """
 
 from __future__ import annotations
