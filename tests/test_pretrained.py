@@ -140,6 +140,12 @@ def test_publish_writes_float16_weights_and_a_manifest_entry_that_load_pretraine
     assert abs(entry["metrics"]["test_top1"] - entry["metrics"]["test_top1_float32"]) <= 1.0
     stored = torch.load(folder / "tiny-mnist.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in stored["state_dict"].values() if v.is_floating_point())
+    assert stored["extra"]["run_info"] == {"dataset": "mnist", "role": "student"}
+    # so `titn-edu evaluate` finds the dataset of a shipped file by itself
+    from titn_edu.cli import main
+    assert main(["evaluate", str(folder / "tiny-mnist.pt"), "--limit", "64", "--threads", "1",
+                 "--output", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["dataset"] == "mnist"
     monkeypatch.setattr(pretrained, "weights_dir", lambda: folder)
     assert titn_edu.list_pretrained() == ["tiny-mnist"]
     loaded = titn_edu.load_pretrained("tiny-mnist")

@@ -177,7 +177,8 @@ def publish(
     check = evaluate(model, check_subset(dataset, root=root), device="cpu")
 
     file = f"{name}.pt"
-    path = save_checkpoint(folder / file, model.half(), epoch=source.get("epoch"))
+    path = save_checkpoint(folder / file, model.half(), epoch=source.get("epoch"),
+                           run_info={"dataset": dataset, "role": role})  # what `titn-edu evaluate` reads
     entry = {
         "file": file, "sha256": _sha256(path), "bytes": path.stat().st_size, "dtype": "float16",
         "dataset": dataset, "role": role, "model": model_spec(model),
