@@ -293,10 +293,14 @@ def test_a_process_that_stops_answering_stops_the_others_after_the_timeout(tmp_p
 
 
 # ----------------------------------------------------------------------------- bad jobs
-MISMATCH = """
-import os, sys
+# Process 1 starts 3 s late (slow imports on a busy machine): a process that stopped alone at once would
+# have torchrun end process 1 before it could say anything. With "mismatch", process 1 has other settings.
+LATE = """
+import os, sys, time
 from titn_edu.cli import main
-sys.exit(main(sys.argv[1:] + (["--epochs", "2"] if os.environ["RANK"] == "1" else [])))
+if os.environ["RANK"] == "1":
+    time.sleep(3)
+sys.exit(main(sys.argv[1:] + (["--epochs", "2"] if os.environ["RANK"] == "1" and "MISMATCH" in os.environ else [])))
 """
 BAD = ["train", "--dataset", "mnist", *MODEL, "--teacher", "none", "--epochs", "1", "--limit", "64",
        "--test-limit", "50", *PER_PROCESS]
@@ -308,16 +312,24 @@ BAD = ["train", "--dataset", "mnist", *MODEL, "--teacher", "none", "--epochs", "
     ("mismatch", "the processes of this job disagree on the command's settings: "
                  "process 1 has epochs=2 (process 0: 1)"),
 ], ids=["more-processes-than-images-per-batch", "nccl-on-cpu", "different-settings"])
-def test_a_bad_job_stops_with_one_clear_line_per_process(extra, says, tmp_path):
+def test_a_bad_job_stops_with_one_clear_line_per_process(extra, says, tmp_path, monkeypatch):
+    (tmp_path / "launch.py").write_text(textwrap.dedent(LATE))
     if extra == "mismatch":
-        (tmp_path / "launch.py").write_text(textwrap.dedent(MISMATCH))
-        args = [str(tmp_path / "launch.py"), *BAD, "--output", str(tmp_path / "run")]
-    else:
-        args = ["-m", "titn_edu", *BAD, *extra, "--output", str(tmp_path / "run")]
+        monkeypatch.setenv("MISMATCH", "1")
+    args = [str(tmp_path / "launch.py"), *BAD, *([] if extra == "mismatch" else extra), "--output", str(tmp_path / "run")]
     started = time.monotonic()
     code, out, logs = torchrun(args, tmp_path / "logs", timeout=120)
     assert code != 0 and time.monotonic() - started < 120
     for rank in (0, 1):
         assert f"titn-edu (process {rank} of 2): error: {says}" in logs[rank], (out, logs)
         assert "Traceback" not in logs[rank], logs[rank]
-    assert not (tmp_path / "run" / "student").exists()  # nothing half-started
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_nccl_asked_for_by_name_must_fit_a_process_alone_too(monkeypatch):
+    from titn_edu import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="the NCCL backend runs on CUDA GPUs only, but this process trains on cpu"):
+        distributed.start(torch.device("cpu"), backend="nccl")
+    assert distributed.start(torch.device("cpu"), backend="gloo")[0].size == 1  # gloo, or auto, for a process alone

@@ -491,7 +491,7 @@ def _cmd_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any, device: torch.device,
            start: float) -> int:
     """The body of ``titn-edu train`` for one process (of ``world``), which trains on ``device``."""
-    from .distributed import check_same, one_process_per_node_first
+    from .distributed import check_same, one_process_per_node_first, split_batch
     from .utils import save_json, seed_everything
 
     s = _settings(args, parser, _resumed_settings(args, parser))
@@ -500,6 +500,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser, world: Any
     teacher_kind, teacher_ref = _resolve_teacher(s["teacher"], parser)
     _check_shipped_teacher(teacher_kind, teacher_ref, s["dataset"], parser)
     check_same("the command's settings", s)  # several processes: all started alike (before anything is written)
+    if s["batch_size"] is not None:  # and able to share the batch: checked together, right after meeting
+        split_batch(s["batch_size"], world.size)
     out = Path(args.output).expanduser()
     threads = _set_threads(args.threads, device, world.local_size)
     seed_everything(s["seed"])

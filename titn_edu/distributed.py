@@ -120,13 +120,21 @@ def start(device: torch.device, *, backend: str = "auto",
         raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}.")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise ValueError(f"timeout must be a number of seconds > 0; got {timeout!r}.")
-    if backend == "nccl":
-        check_backend(backend, device)  # asked for by name: it must fit, even for a process alone
     world = current()
     if _env_int("WORLD_SIZE", 1) < 2 or dist.is_initialized():
+        check_backend(backend if backend == "nccl" else None, device)  # asked for by name: it must fit, even alone
         return world, device
     device = _device_of_process(device, world.local_rank, world.local_size)
-    backend = check_backend(backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo"), device)
+    backend = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    try:
+        check_backend(backend, device)
+    except ValueError:
+        # Every process finds the same problem. Meet over gloo (it runs anywhere) before stopping, so that
+        # each one says so: one that stopped alone would have torchrun end the others before they could.
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+        dist.barrier()
+        stop()
+        raise
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
