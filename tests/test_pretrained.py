@@ -189,11 +189,12 @@ def test_a_teacher_can_be_shipped_while_its_student_still_trains(tmp_path, load_
 # The shipped titn-cifar10's training, stage by stage: (the evaluation of the weights a fine-tuning run started
 # from, kept in results/titn-cifar10/; that run's metrics.json). Stage 1 is the preset's student after 36 epochs.
 TITN_CIFAR10_CHAIN = [("titn_cifar10_stage1_epoch36.json", "titn_cifar10_finetune_seed0.json"),
-                      ("titn_cifar10_stage2_finetune28.json", "titn_cifar10_finetune2_seed0.json")]
+                      ("titn_cifar10_stage2_finetune28.json", "titn_cifar10_finetune2_seed0.json"),
+                      ("titn_cifar10_stage3_finetune2_28.json", "titn_cifar10_stage4_cutmix_seed0.json")]
 
 
 def test_the_shipped_titn_cifar10_comes_from_its_recorded_runs():
-    """Stage 1 -> fine-tuning run -> its weights -> fine-tuning run -> shipped: every link recorded."""
+    """Stage 1 -> a run -> its weights -> the next run ... -> shipped: every link recorded."""
     root = Path(__file__).parents[1]
     entry = titn_edu.pretrained_info("titn-cifar10")
     records = [[json.loads((root / "benchmarks" / "results" / name).read_text()) for name in pair]
@@ -223,3 +224,11 @@ def test_accuracy_vs_time_reads_a_resumed_run_on_its_training_clock(load_script)
     one_slice = {"timeline": [epoch(1, 4.5, 4.0), epoch(2, 9.0, 8.0)]}
     assert table.clock(one_slice) == "minutes"
     assert table.at_minutes(one_slice, 4.2) is None and table.at_minutes(one_slice, 9)["epoch"] == 2
+
+
+def test_accuracy_vs_time_reads_a_run_by_student_epoch(load_script):
+    """--epochs: the test top-1 after each student epoch asked for, with the epoch's own seconds; – past the end."""
+    table = load_script("accuracy_vs_time")
+    run = {"history": {"epochs": [{"epoch": k, "test_top1": 80.0 + k / 4, "seconds": 250.4 + k} for k in (1, 2, 3)]}}
+    assert table.by_epoch(run, "run.json", [1, 3, 4])[-3:] == ["| 1 | 80.25 % | 251 |", "| 3 | 80.75 % | 253 |",
+                                                               "| 4 | – | – |"]
