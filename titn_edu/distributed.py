@@ -114,7 +114,9 @@ def start(device: torch.device, *, backend: str = "auto",
     environment of every process it starts; with ``WORLD_SIZE`` 2 or more this initialises the
     process group (``backend``: ``"auto"`` = NCCL on CUDA, gloo on a CPU) with ``timeout`` seconds
     for every collective operation. A CUDA ``device`` becomes the GPU of the process's local rank.
-    Outside ``torchrun`` it returns a world of one and ``device`` as it is.
+    A backend that cannot carry the device's tensors is a ``ValueError`` on every process, raised once
+    they have all met, so that each says why. Outside ``torchrun`` it returns a world of one and
+    ``device`` as it is.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}.")
