@@ -2,8 +2,9 @@
 """Take an image dataset to a machine that accepts only small transfers: split it into compressed parts
 here, send the parts one by one into the same folder there, join them there.
 
-    python scripts/data_parts.py split --data /path/to/data --out .parts --parts 2   # here
+    python scripts/data_parts.py split --data /path/to/data --out .parts --parts 3   # here
     python scripts/data_parts.py check .parts                                          # which parts are there
+    python scripts/data_parts.py travel .parts                                         # do they fit a command?
     python scripts/data_parts.py join .parts runs/gpu/data                             # there
     export TITN_EDU_DATA=runs/gpu/data
 
@@ -18,7 +19,11 @@ The images are coded without loss in the way of JPEG-LS: each pixel is replaced 
 the median edge detector's prediction (from its left, upper and upper-left neighbours), the red and
 blue differences by their difference from the green one, and the result is compressed with LZMA. For
 CIFAR-10 that is about 56 % of the raw size (zlib on the raw images: 91 %), so its 60,000 images
-(176 MiB raw) travel in two parts of about 49 MiB.
+(176 MiB raw) travel in three parts of 32.6 MiB.
+
+Each command to the machine carries the repository's working tree (its tracked files and the untracked
+ones git does not ignore) and at most 64 MiB in all, so a part must fit beside the tree: ``travel`` adds
+them up and, when one does not fit, says into how many parts to split instead.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import lzma
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -38,6 +44,7 @@ import numpy as np
 
 SPLITS = ("train", "test")
 _PART = re.compile(r"^(?P<name>[A-Za-z0-9_-]+)\.part(?P<k>\d+)of(?P<n>\d+)\.npz$")
+CARRY_LIMIT = 64 * 2**20  # bytes one command carries: the working tree and one part
 
 
 # ----------------------------------------------------------------------------- lossless image coding
@@ -144,6 +151,32 @@ def missing_parts(folder: Path, name: str = "cifar10") -> list[str]:
     return [f"{name}.part{k:02d}of{total:02d}.npz" for k in range(total) if k not in found]
 
 
+def tree_bytes(root: Path) -> int:
+    """Bytes of the working tree a command carries: the tracked files and the untracked ones git does not ignore."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                                capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise ValueError(f"{root} is not a git checkout ({err}): run travel from the repository") from None
+    files = {root / name for name in listed.decode().split("\0") if name}
+    return sum(f.stat().st_size for f in files if f.is_file())  # a deleted, not yet committed file travels not
+
+
+def travel(folder: Path, root: Path, name: str = "cifar10", limit: int = CARRY_LIMIT) -> tuple[bool, str]:
+    """Does the working tree at ``root`` plus the largest part in ``folder`` fit one command's ``limit``? The
+    verdict and a line of figures, with the number of parts to split into when they do not fit."""
+    found, total = find_parts(folder, name)
+    tree, part = tree_bytes(root), max(p.stat().st_size for p in found.values())
+    figures = (f"the working tree {tree / 2**20:.1f} MiB + the largest of {total} parts {part / 2**20:.1f} MiB = "
+               f"{(tree + part) / 2**20:.1f} MiB of {limit / 2**20:.0f} MiB")
+    if tree + part <= limit:
+        return True, figures
+    if tree >= limit:
+        return False, f"{figures}: the tree alone is too large; keep large files out of it"
+    needed = -(-part * total // (limit - tree))  # the parts together are about part * total bytes
+    return False, f"{figures}: too large; split again with --parts {needed}"
+
+
 def _read_part(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -215,11 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("split", help="write the parts")
     s.add_argument("--data", default=os.environ.get("TITN_EDU_DATA"), help="data root (default: $TITN_EDU_DATA)")
     s.add_argument("--out", default=".parts", help="folder for the parts (default .parts)")
-    s.add_argument("--parts", type=int, default=2, help="number of parts (default 2)")
+    s.add_argument("--parts", type=int, default=3, help="number of parts (default 3)")
     s.add_argument("--name", default="cifar10")
     c = sub.add_parser("check", help="list the parts present and missing")
     c.add_argument("folder")
     c.add_argument("--name", default="cifar10")
+    t = sub.add_parser("travel", help="check that the working tree and one part fit one command (64 MiB)")
+    t.add_argument("folder")
+    t.add_argument("--root", default=".", help="the repository (default: the current folder)")
+    t.add_argument("--name", default="cifar10")
     j = sub.add_parser("join", help="decode the parts into the offline format")
     j.add_argument("folder")
     j.add_argument("dest", help="data root to write (then TITN_EDU_DATA=DEST)")
@@ -234,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             missing = missing_parts(Path(args.folder), args.name)
             print("missing: " + ", ".join(missing) if missing else "all parts present")
             return 1 if missing else 0
+        elif args.command == "travel":
+            fits, line = travel(Path(args.folder), Path(args.root), args.name)
+            print(("fits: " if fits else "does not fit: ") + line)
+            return 0 if fits else 1
         else:
             join(Path(args.folder), Path(args.dest), args.name)
     except (FileNotFoundError, ValueError) as err:

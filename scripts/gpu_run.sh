@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's GPU work in one or two prepared commands: the CUDA smoke test, the timed CIFAR-10 run of
+# The project's GPU work in three prepared commands: the CUDA smoke test, the timed CIFAR-10 run of
 # the paper's TITN, the throughput rows against timm's TNT, and (with time left) the course model's run.
 #
 #   bash scripts/gpu_run.sh [--out DIR] [--work DIR] [--budget S] [--deadline S] [--device cuda|cpu] [--quick]
@@ -22,7 +22,7 @@
 #
 # --budget S: seconds of the tta step's run (default 400; its epochs are sized to fit them); --deadline S:
 # seconds from the start of this command by which the course step, the last, stops; it starts only with
-# at least 2 minutes left (default 510).
+# at least 2 minutes left (default 490).
 # --no-compile: without torch.compile (smoke, tta, course), should it fail. Flags after -- go to the tta
 # step's titn-edu train (e.g. -- --augment crop-flip), after the preset's and the sizing's.
 #
@@ -31,13 +31,15 @@
 #
 #   | command | travels with                   | steps            | limits (s)              | expected   |
 #   |---------|--------------------------------|------------------|-------------------------|------------|
-#   | 1       | .parts/cifar10.part00of02.npz  | smoke throughput | 180, 240                | ~3.7 min   |
-#   | 2       | .parts/cifar10.part01of02.npz  | data tta course  | 90, --budget + 60, rest | 8.5 min    |
+#   | 1       | .parts/cifar10.part00of03.npz  | smoke throughput | 180, 240                | ~3.7 min   |
+#   | 2       | .parts/cifar10.part01of03.npz  | data             | 90                      | ~10 s      |
+#   | 3       | .parts/cifar10.part02of03.npz  | data tta course  | 90, --budget + 60, rest | ~8.2 min   |
 #
-#   machine start ~1.5 min + 3.7 + 0.3 (pause) + 8.5 = 14 min. Command 2: data ~15 s, tta ~6.2 min
-#   (--budget 400), then course until --deadline 510 s, which makes it end on time whatever the others
-#   took. These defaults fit 570-590 s of device time left when command 2 starts; otherwise
-#   --budget = (seconds left) - 180, --deadline = (seconds left) - 60.
+#   machine start ~1.5 min + 3.7 + 0.25 (pause) + 0.2 + 0.25 (pause) + 8.2 = 14 min. Command 2 only
+#   brings the second part (its data step names the third as missing). Command 3: data ~15 s, tta
+#   ~6.2 min (--budget 400), then course until --deadline 490 s, which makes it end on time whatever the
+#   others took. These defaults fit 550 s of device time left when command 3 starts; otherwise
+#   --budget = (seconds left) - 150 (at most 400), --deadline = (seconds left) - 60.
 #
 # OUT (default benchmarks/gpu-results; the folder whose files come back) gets at most 8 files, at most one
 # folder down: summary.json (each step's exit status, seconds and limit; the machine), gpu_run.log (every
@@ -52,7 +54,7 @@
 set -u
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2  # the repository root: relative paths below start there
 
-OUT=benchmarks/gpu-results WORK=runs/gpu BUDGET=400 DEADLINE=510 DEVICE=cuda QUICK=0 COMPILE=1 STEPS=() EXTRA=()
+OUT=benchmarks/gpu-results WORK=runs/gpu BUDGET=400 DEADLINE=490 DEVICE=cuda QUICK=0 COMPILE=1 STEPS=() EXTRA=()
 while [ $# -gt 0 ]; do
     case $1 in
         --) shift; EXTRA=("$@"); break ;;

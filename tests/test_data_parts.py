@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,47 @@ def test_a_changed_byte_is_caught(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match="damaged|checksum"):
         data_parts.join(tmp_path / "parts", tmp_path / "there")
+
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+
+
+@needs_git
+def test_travel_adds_the_working_tree_and_the_largest_part(tmp_path, capsys):
+    _dataset(tmp_path / "data")
+    parts = data_parts.split(tmp_path / "data", tmp_path / "repo" / ".parts", 2)
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text(".parts/\n")  # the parts travel as carried files, not with the tree
+    (repo / "tracked.bin").write_bytes(bytes(10_000))
+    subprocess.run(["git", "-C", str(repo), "add", "tracked.bin"], check=True)
+    (repo / "untracked.bin").write_bytes(bytes(5_000))  # untracked and not ignored: it travels too
+    tree = 10_000 + 5_000 + len(".parts/\n")
+    assert data_parts.tree_bytes(repo) == tree
+    part = max(p.stat().st_size for p in parts)
+
+    fits, line = data_parts.travel(repo / ".parts", repo, limit=tree + part)
+    assert fits and f"of 2 parts {part / 2**20:.1f} MiB" in line
+    fits, line = data_parts.travel(repo / ".parts", repo, limit=tree + part - 1)
+    assert not fits and line.endswith("too large; split again with --parts 3")  # two parts' bytes in three
+    fits, line = data_parts.travel(repo / ".parts", repo, limit=tree)
+    assert not fits and "the tree alone is too large" in line
+    capsys.readouterr()
+    assert data_parts.main(["travel", str(repo / ".parts"), "--root", str(repo)]) == 0
+    assert capsys.readouterr().out.startswith("fits: the working tree 0.0 MiB + the largest of 2 parts")
+    with pytest.raises(ValueError, match="not a git checkout"):
+        data_parts.tree_bytes(tmp_path / "data")
+
+
+# The largest part of CIFAR-10 split into three, as docs/gpu.md's plan sends it:
+#   python scripts/data_parts.py split --data "$TITN_EDU_DATA" --out .parts --parts 3   (34,179,210 bytes)
+CIFAR10_PART_OF_THREE = 34_179_210
+
+
+@needs_git
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_the_repository_leaves_room_for_a_part_in_each_gpu_command():
+    tree = data_parts.tree_bytes(ROOT)
+    assert tree + CIFAR10_PART_OF_THREE <= data_parts.CARRY_LIMIT, (
+        f"the working tree ({tree / 2**20:.1f} MiB) no longer leaves room for a third of CIFAR-10 in a GPU command: "
+        f"split into more parts (python scripts/data_parts.py travel .parts says how many) and update docs/gpu.md")

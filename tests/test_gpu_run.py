@@ -1,5 +1,5 @@
 """scripts/gpu_run.sh, the prepared GPU run, end to end on the CPU with tiny sizes (its --quick mode), as the
-two commands of the plan; the sizing arithmetic and the time-to-accuracy bookkeeping on their own."""
+three commands of the plan; the sizing arithmetic and the time-to-accuracy bookkeeping on their own."""
 
 from __future__ import annotations
 
@@ -51,14 +51,14 @@ def _returned_files(out: Path) -> list[Path]:
 
 
 @needs_shell
-def test_quick_run_on_cpu_as_the_two_commands_of_the_plan(tmp_path):
-    rng = np.random.default_rng(0)  # a stand-in CIFAR-10: random images, the real format, split in two parts
+def test_quick_run_on_cpu_as_the_three_commands_of_the_plan(tmp_path):
+    rng = np.random.default_rng(0)  # a stand-in CIFAR-10: random images, the real format, split in three parts
     for split, n in (("train", 160), ("test", 64)):
         (tmp_path / "data" / "cifar10-npz").mkdir(parents=True, exist_ok=True)
         np.savez(tmp_path / "data" / "cifar10-npz" / f"cifar10_{split}.npz",
                  images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), labels=rng.integers(0, 10, n),
                  classes=np.array([f"class{i}" for i in range(10)]))
-    made = data_parts.split(tmp_path / "data", tmp_path / "made", 2)
+    made = data_parts.split(tmp_path / "data", tmp_path / "made", 3)
     parts = tmp_path / "parts"  # what has arrived on the machine so far
     parts.mkdir()
     shutil.copy(made[0], parts)
@@ -67,7 +67,8 @@ def test_quick_run_on_cpu_as_the_two_commands_of_the_plan(tmp_path):
     first = _run(tmp_path, "out1", "smoke", "throughput", "data", parts=parts)
     assert first.returncode == 1, first.stdout + first.stderr
     assert set(_status(first.stdout)) == {"smoke", "throughput", "data"} and _status(first.stdout)["smoke"] == "0"
-    assert _status(first.stdout)["data"] == "1" and "lacks cifar10.part01of02.npz" in first.stdout
+    assert _status(first.stdout)["data"] == "1"
+    assert "lacks cifar10.part01of03.npz, cifar10.part02of03.npz" in first.stdout
     smoke = json.loads((tmp_path / "out1" / "smoke.json").read_text())
     assert smoke["verdict"] == "pass" and all(c["ok"] for c in smoke["checks"].values())
     assert set(smoke["checks"]) == {"environment", "bf16", "compile", "device_data", "teacher", "student",
@@ -80,10 +81,16 @@ def test_quick_run_on_cpu_as_the_two_commands_of_the_plan(tmp_path):
         ["summary.json", "gpu_run.log", "smoke.json"] + (["throughput.json"] if HAS_TIMM else []))
 
     shutil.copy(made[1], parts)
-    second = _run(tmp_path, "out2", "tta", "course", parts=parts)  # command 2: the last part, then the timed run
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert _status(second.stdout) == {"data": "0", "tta": "0", "course": "0"}
-    out = tmp_path / "out2"
+    second = _run(tmp_path, "out2", "data", parts=parts)  # command 2: the second part arrives, the third is named
+    assert second.returncode == 1 and _status(second.stdout) == {"data": "1"}, second.stdout + second.stderr
+    assert "lacks cifar10.part02of03.npz: send the missing part" in second.stdout
+    assert sorted(p.name for p in _returned_files(tmp_path / "out2")) == ["gpu_run.log", "summary.json"]
+
+    shutil.copy(made[2], parts)
+    third = _run(tmp_path, "out3", "tta", "course", parts=parts)  # command 3: the last part, then the timed run
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert _status(third.stdout) == {"data": "0", "tta": "0", "course": "0"}
+    out = tmp_path / "out3"
     assert sorted(p.relative_to(out).as_posix() for p in _returned_files(out)) == sorted([
         "summary.json", "gpu_run.log", "tta_metrics.json", "course_metrics.json",
         "results/gpu-cifar10-resnet9-teacher.json", "results/gpu-cifar10-titn-tiny-student.json"])
