@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -190,7 +191,8 @@ def test_a_teacher_can_be_shipped_while_its_student_still_trains(tmp_path, load_
 # from, kept in results/titn-cifar10/; that run's metrics.json). Stage 1 is the preset's student after 36 epochs.
 TITN_CIFAR10_CHAIN = [("titn_cifar10_stage1_epoch36.json", "titn_cifar10_finetune_seed0.json"),
                       ("titn_cifar10_stage2_finetune28.json", "titn_cifar10_finetune2_seed0.json"),
-                      ("titn_cifar10_stage3_finetune2_28.json", "titn_cifar10_stage4_cutmix_seed0.json")]
+                      ("titn_cifar10_stage3_finetune2_28.json", "titn_cifar10_stage4_cutmix_seed0.json"),
+                      ("titn_cifar10_stage4_cutmix56.json", "titn_cifar10_stage5_cutmix_seed0.json")]
 
 
 def test_the_shipped_titn_cifar10_comes_from_its_recorded_runs():
@@ -232,3 +234,17 @@ def test_accuracy_vs_time_reads_a_run_by_student_epoch(load_script):
     run = {"history": {"epochs": [{"epoch": k, "test_top1": 80.0 + k / 4, "seconds": 250.4 + k} for k in (1, 2, 3)]}}
     assert table.by_epoch(run, "run.json", [1, 3, 4])[-3:] == ["| 1 | 80.25 % | 251 |", "| 3 | 80.75 % | 253 |",
                                                                "| 4 | – | – |"]
+
+
+def test_the_readme_curves_by_epoch_are_the_scripts_output(load_script):
+    """Each README table under `accuracy_vs_time.py FILE --epochs ...` is what that command prints, row for row."""
+    root = Path(__file__).parents[1]
+    table = load_script("accuracy_vs_time")
+    command = re.compile(r"```bash\n *python scripts/accuracy_vs_time\.py (\S+) --epochs ([\d ]+)\n *```\n"
+                         r"(?:\n|.*\n){0,4}?((?: *\|.*\|\n)+)")
+    found = command.findall((root / "README.md").read_text())
+    assert len(found) >= 2, "expected the stage-4 and stage-5 curves of titn-cifar10 in the README"
+    for path, epochs, shown in found:
+        record = json.loads((root / path).read_text())
+        printed = table.by_epoch(record, Path(path).name, [int(k) for k in epochs.split()])[2:]
+        assert [line.strip() for line in shown.splitlines()] == printed, f"README's table for {path} is stale"

@@ -109,7 +109,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # stochastic depth, and a wider ResNet-9 teacher trained for 30 epochs. Hours on a CPU: run it in
     # slices (--time-limit, then --resume), or on a GPU. The shipped titn-cifar10 is this preset's
     # student after 36 of its 80 epochs, then fine-tuned twice (two 28-epoch cosine cycles) with crop + flip
-    # and no CutMix, then trained 56 more epochs with this recipe, CutMix included (README, "Trained models").
+    # and no CutMix, then trained 56 and 64 more epochs with this recipe, CutMix included (README, "Trained
+    # models").
     "titn-cifar10": dict(
         _CPU_RECIPE, dataset="cifar10", model="titn",
         model_args=dict(patch_size=4, pixel_size=2, outer_dim=192, inner_dim=12, depth=4, outer_heads=3,
